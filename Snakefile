@@ -1,0 +1,35 @@
+"""crosstrace: cross-task gradient traces of two-stage vs mixed training.
+
+Run the default tiny study on this machine:   snakemake --cores all
+On a SLURM cluster:                           snakemake --profile slurm
+HTML report after a run:                      snakemake --report results/report.html
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/synthesize.smk"
+include: "rules/models.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/trace.smk"
+include: "rules/aggregate.smk"
+include: "rules/ablate.smk"
+include: "rules/plots.smk"
+include: "rules/report.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

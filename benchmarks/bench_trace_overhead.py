@@ -1,0 +1,144 @@
+"""Step time of traced vs untraced training, measured side by side (interleaved rounds).
+
+    python benchmarks/bench_trace_overhead.py          # tiny llama from config.yaml, CPU
+    python benchmarks/bench_trace_overhead.py --shape llama-1b --device cuda --batch 16 --seq 512
+
+``tiny`` uses the real mixed-training batches of the default world; ``llama-1b`` is a randomly
+initialised LlamaForCausalLM of Llama-3.2-1B's shape on random tokens (no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
+from crosstrace.devices import autocast_dtype, resolve_device
+from crosstrace.models import build_base, load_model
+from crosstrace.trace import GradientTrace
+from crosstrace.train import TrainingConfig, build_optimizer, optimizer_step
+from crosstrace.world import read_bio, read_qa, synthesize_world
+
+LLAMA_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_setup(device: torch.device, model_name: str):
+    cfg = yaml.safe_load(Path("config.yaml").read_text())
+    tmp = Path(tempfile.mkdtemp())
+    synthesize_world(cfg["world"], tmp / "bio.parquet", tmp / "qa.parquet", tmp / "people.parquet")
+    build_base(cfg["models"][model_name], tmp, tmp / "base", seed=0)
+    model, tok = load_model(tmp / "base", device)
+    ex = training_examples(read_bio(tmp / "bio.parquet"), read_qa(tmp / "qa.parquet"), tok)
+    training = TrainingConfig.from_dict(cfg["training"])
+    plan = StepPlan(
+        "mix",
+        {t: len(e) for t, e in ex.items()},
+        batch_size=training.batch_size,
+        epochs=1000,
+        seed=0,
+        qa_ratio=training.qa_ratio,
+    )
+    return model, training, lambda step: plan.micro_batches(step, ex, tok.pad_token_id)
+
+
+def llama_1b_setup(device: torch.device, batch: int, seq: int):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B))
+    training = TrainingConfig(optimizer="adamw", lr=1e-5, max_grad_norm=1.0)
+    half = batch // 2
+
+    def batches(step: int) -> list[MicroBatch]:
+        g = torch.Generator().manual_seed(step)
+        bio = torch.randint(0, LLAMA_1B["vocab_size"], (half, seq), generator=g)
+        qa = torch.randint(0, LLAMA_1B["vocab_size"], (batch - half, 32), generator=g)
+        qa_labels = torch.full_like(qa, IGNORE)
+        qa_labels[:, -4:] = qa[:, -4:]
+        return [
+            MicroBatch("bio", bio, torch.ones_like(bio), bio.clone()),
+            MicroBatch("qa", qa, torch.ones_like(qa), qa_labels),
+        ]
+
+    return model, training, batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--shape", choices=["tiny", "llama-1b"], default="tiny")
+    ap.add_argument("--model", default="llama_tiny", help="config.yaml model for --shape tiny")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="steps per round and mode")
+    ap.add_argument("--offload", action="store_true", help="also time trace.offload_cpu")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    if args.shape == "tiny":
+        model, training, batches = tiny_setup(device, args.model)
+    else:
+        model, training, batches = llama_1b_setup(device, args.batch, args.seq)
+    model.train()
+    optimizer = build_optimizer(model, training)
+    amp = autocast_dtype(device)
+    modes = {"untraced": None, "traced": GradientTrace(model.named_parameters())}
+    if args.offload:
+        modes["traced_offload"] = GradientTrace(model.named_parameters(), offload_cpu=True)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    step = 0
+    for tracer in modes.values():  # warm-up
+        optimizer_step(
+            model, batches(step), optimizer, tracer, lr=training.lr, max_grad_norm=1.0, amp=amp
+        )
+    for _ in range(args.rounds):
+        for mode, tracer in modes.items():
+            for _ in range(args.steps):
+                mbs = batches(step)
+                step += 1
+                sync()
+                t0 = time.perf_counter()
+                optimizer_step(
+                    model, mbs, optimizer, tracer, lr=training.lr, max_grad_norm=1.0, amp=amp
+                )
+                sync()
+                times[mode].append(time.perf_counter() - t0)
+    n_params = sum(p.numel() for p in model.parameters())
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"shape={args.shape} params={n_params / 1e6:.1f}M device={device} ({where}) "
+        f"threads={torch.get_num_threads()} amp={amp}"
+    )
+    base = statistics.median(times["untraced"])
+    for mode, ts in times.items():
+        med = statistics.median(ts)
+        print(
+            f"{mode:>15}: median step {med * 1000:8.2f} ms  ratio {med / base:5.3f}  (n={len(ts)})"
+        )
+    if device.type == "cuda":
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

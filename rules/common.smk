@@ -1,0 +1,192 @@
+"""Config loading and validation, wildcard constraints, path helpers and input functions.
+
+The config is validated at parse time against workflow/schemas/config.schema.yaml, which also
+fills in defaults, so every later `config[...]` lookup is safe. Scripts never read the config:
+each rule hands them exactly the values they need through `params`, which keeps Snakemake's
+params rerun-trigger precise (a plot setting re-runs only the plots).
+"""
+
+import os
+
+import jsonschema
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SCHEMA = (
+    "../workflow/schemas/config.schema.yaml"  # relative to this file, for validate()
+)
+SCHEMA_FROM_ROOT = "workflow/schemas/config.schema.yaml"
+
+
+def _config_errors(cfg, schema_path):
+    """One line per schema violation, naming the config key (for a readable parse-time error)."""
+    import yaml
+
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = []
+    for error in sorted(
+        validator.iter_errors(cfg), key=lambda e: list(map(str, e.path))
+    ):
+        while error.context:  # oneOf/anyOf: report the branch that got furthest
+            error = max(error.context, key=lambda e: len(e.absolute_path))
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        lines.append(f"  config key {key!r}: {error.message}")
+    return lines
+
+
+# A null model entry removes a model defined by an earlier config file (see config/paper.yaml).
+try:
+    validate(config, SCHEMA)
+except WorkflowError as exc:
+    details = _config_errors(config, os.path.join(workflow.basedir, SCHEMA_FROM_ROOT))
+    raise WorkflowError(
+        "Invalid config (checked against workflow/schemas/config.schema.yaml):\n"
+        + "\n".join(details or [str(exc)])
+    ) from None
+
+config["models"] = {name: m for name, m in config["models"].items() if m is not None}
+if not config["models"]:
+    raise WorkflowError(
+        "Invalid config: config key 'models' defines no model (all are null)."
+    )
+
+MODELS = sorted(config["models"])
+STRATEGIES = list(config["strategies"])
+SEEDS = [int(s) for s in config["seeds"]]
+FIGURES = [
+    "accuracy",
+    "shared_by_layer_module",
+    "shared_head_heatmap",
+    "overlap_vs_k",
+    "ablation",
+]
+TABLES = [
+    "accuracy",
+    "thresholds",
+    "shared_counts",
+    "overlap",
+    "concentration",
+    "ablation",
+]
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_-]+",
+    strategy=r"stage|mix",
+    seed=r"[0-9]+",
+    fmt=r"png|pdf|svg",
+
+
+def res(path):
+    """A path under the configured results root (default `results`)."""
+    return os.path.join(config["results"], path)
+
+
+# ---- params: only the config values a job depends on -----------------------------------
+
+# Training keys that matter to every phase; the rest is phase-specific, so that changing
+# `qa_epochs` re-runs only the QA stage, not the shared BIO stage or the mixed runs.
+_TRAINING_COMMON = [
+    "optimizer",
+    "lr",
+    "min_lr_ratio",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "batch_size",
+    "grad_accum",
+    "checkpoint_every",
+]
+_TRAINING_PHASE = {
+    "bio": ["bio_epochs"],
+    "qa": ["qa_epochs"],
+    "mix": ["mix_epochs", "qa_ratio"],
+}
+
+
+def training_params(phase):
+    """The `training` config keys used by one phase (bio | qa | mix)."""
+    keys = _TRAINING_COMMON + _TRAINING_PHASE[phase]
+    return {k: config["training"][k] for k in keys}
+
+
+def trace_params():
+    """The `trace` keys training uses (dump_top_percent and rank_modules belong to analysis)."""
+    return {k: config["trace"][k] for k in ("enabled", "offload_cpu")}
+
+
+def phase_of(wildcards):
+    return "qa" if wildcards.strategy == "stage" else "mix"
+
+
+def model_config(wildcards):
+    return config["models"][wildcards.model]
+
+
+# ---- input functions -------------------------------------------------------------------
+
+DATA = {
+    "bio": res("data/bio.parquet"),
+    "qa": res("data/qa.parquet"),
+    "people": res("data/people.parquet"),
+}
+
+
+def run_dir(model, strategy, seed):
+    return res(f"runs/{model}/{strategy}/seed{seed}")
+
+
+def train_init(wildcards):
+    """stage: start from the BIO checkpoint (and its trace); mix: start from θ0."""
+    if wildcards.strategy == "stage":
+        return res(f"runs/{wildcards.model}/stage/seed{wildcards.seed}/bio")
+    return res(f"models/{wildcards.model}/base")
+
+
+def train_init_trace(wildcards):
+    """The BIO-stage trace a stage run continues; None for mix."""
+    if wildcards.strategy == "stage":
+        return os.path.join(train_init(wildcards), "trace.safetensors")
+    return None
+
+
+def trace_root_of(partition):
+    """results/trace from a run's partition folder results/trace/model=…/strategy=…/seed=…."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(partition)))
+
+
+def all_runs():
+    return [(m, s, seed) for m in MODELS for s in STRATEGIES for seed in SEEDS]
+
+
+def all_predictions():
+    return [os.path.join(run_dir(*run), "predictions.parquet") for run in all_runs()]
+
+
+def all_trace_dumps():
+    """The runs' partition folders, each holding task=bio/ and task=qa/."""
+    return [
+        res(f"trace/model={m}/strategy={s}/seed={seed}") for m, s, seed in all_runs()
+    ]
+
+
+def all_ablations():
+    return [os.path.join(run_dir(*run), "ablation.parquet") for run in all_runs()]
+
+
+def all_tables():
+    return [res(f"tables/{t}.parquet") for t in TABLES]
+
+
+def all_figures():
+    return [
+        res(f"figures/{name}.{fmt}")
+        for name in FIGURES
+        for fmt in config["plots"]["formats"]
+    ]
+
+
+def final_outputs():
+    return all_predictions() + all_tables() + [res("crosstrace.duckdb")] + all_figures()

@@ -1,0 +1,24 @@
+rule evaluate:
+    """Exact-match QA accuracy of θT on trained (id) and held-out (ood) people."""
+    input:
+        model=res("runs/{model}/{strategy}/seed{seed}/final"),
+        qa=DATA["qa"],
+    output:
+        predictions=res("runs/{model}/{strategy}/seed{seed}/predictions.parquet"),
+    log:
+        res("logs/evaluate/{model}/{strategy}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/evaluate/{model}/{strategy}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=8000,
+        gpu=1,
+    params:
+        batch_size=config["evaluation"]["batch_size"],
+        max_new_tokens=config["evaluation"]["max_new_tokens"],
+        device=config["device"],
+    script:
+        "../workflow/scripts/evaluate.py"

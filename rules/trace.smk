@@ -1,0 +1,33 @@
+rule dump_trace:
+    """One run's Δ (both tasks) as hive-partitioned Parquet: .../seed={seed}/task={bio,qa}/part-*.parquet.
+
+    The output is the run's partition folder itself (a directory() output), not a sentinel
+    file: Snakemake deletes it before a rerun, so no stale part file of an earlier run can
+    survive into the DuckDB views, and the library swaps the finished folder into place
+    atomically, so its presence means the dump is complete.
+    """
+    input:
+        trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
+        model=res("runs/{model}/{strategy}/seed{seed}/final"),
+    output:
+        parts=directory(res("trace/model={model}/strategy={strategy}/seed={seed}")),
+    log:
+        res("logs/dump_trace/{model}/{strategy}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/dump_trace/{model}/{strategy}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=4000,
+    params:
+        trace_root=lambda wc, output: trace_root_of(output.parts),
+        run=lambda wc: {
+            "model": wc.model,
+            "strategy": wc.strategy,
+            "seed": int(wc.seed),
+        },
+        top_percent=config["trace"]["dump_top_percent"],
+        rank_modules=config["trace"]["rank_modules"],
+    script:
+        "../workflow/scripts/trace.py"

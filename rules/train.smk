@@ -1,0 +1,66 @@
+# Training checkpoints live beside the outputs (`<out_dir>.checkpoints/`), never inside them:
+# Snakemake deletes a job's declared outputs before it reruns, and a requeued or retried job
+# must find its checkpoints to resume.
+
+
+rule train_bio:
+    """The BIO stage of two-stage training; shared by every `stage` run of a model and seed."""
+    input:
+        **DATA,
+        init=res("models/{model}/base"),
+    output:
+        # An HF model folder that also holds trace.safetensors and train_log.parquet.
+        model=directory(res("runs/{model}/stage/seed{seed}/bio")),
+    log:
+        res("logs/train_bio/{model}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/train_bio/{model}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 120 * attempt,
+        mem_mb=8000,
+        gpu=1,
+    params:
+        phase="bio",
+        training=training_params("bio"),
+        trace=trace_params(),
+        device=config["device"],
+        init_trace=None,
+        trace_out=lambda wc, output: os.path.join(output.model, "trace.safetensors"),
+        log_out=lambda wc, output: os.path.join(output.model, "train_log.parquet"),
+    script:
+        "../workflow/scripts/train.py"
+
+
+rule train:
+    """stage: QA on the BIO checkpoint, continuing its trace; mix: BIO and QA together from θ0."""
+    input:
+        **DATA,
+        init=train_init,
+    output:
+        model=directory(res("runs/{model}/{strategy}/seed{seed}/final")),
+        trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
+        train_log=res("runs/{model}/{strategy}/seed{seed}/train_log.parquet"),
+    log:
+        res("logs/train/{model}/{strategy}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/train/{model}/{strategy}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 240 * attempt,
+        mem_mb=8000,
+        gpu=1,
+    params:
+        phase=phase_of,
+        training=lambda wc: training_params(phase_of(wc)),
+        trace=trace_params(),
+        device=config["device"],
+        init_trace=train_init_trace,
+        trace_out=lambda wc, output: output.trace,
+        log_out=lambda wc, output: output.train_log,
+    script:
+        "../workflow/scripts/train.py"

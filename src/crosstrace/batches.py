@@ -1,0 +1,182 @@
+"""Tokenised examples and the deterministic step plan of each training phase.
+
+A step is a list of task-homogeneous micro-batches, BIO first, so the gradient of a step
+splits by task exactly. The plan depends only on the seed, the phase and the step index,
+which is what makes resuming from a checkpoint exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from crosstrace.errors import ConfigError
+from crosstrace.world import qa_prompt, qa_target
+
+IGNORE = -100
+PHASES = ("bio", "qa", "mix")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Token ids and loss labels of one task's examples (ragged)."""
+
+    task: str
+    input_ids: list[np.ndarray]
+    labels: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def supervised_tokens(self) -> np.ndarray:
+        """Per example: how many positions carry a loss (labels shifted by one)."""
+        return np.array([int((lab[1:] != IGNORE).sum()) for lab in self.labels], dtype=np.int64)
+
+
+def tokenize_bio(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> Examples:
+    """BIO examples: loss on every token (the model predicts each next word and the EOS)."""
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    ids = [np.asarray([*seq, eos], dtype=np.int64) for seq in encoded]
+    return Examples("bio", ids, [seq.copy() for seq in ids])
+
+
+def tokenize_qa(
+    questions: list[str], answers: list[str], tokenizer: PreTrainedTokenizerBase
+) -> Examples:
+    """QA examples: loss on the answer tokens (and the closing EOS) only."""
+    prompts = tokenizer([qa_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([qa_target(a) for a in answers], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    ids, labels = [], []
+    for prompt, target in zip(prompts, targets, strict=True):
+        seq = np.asarray([*prompt, *target, eos], dtype=np.int64)
+        lab = seq.copy()
+        lab[: len(prompt)] = IGNORE
+        ids.append(seq)
+        labels.append(lab)
+    return Examples("qa", ids, labels)
+
+
+def training_examples(
+    bio: pd.DataFrame, qa: pd.DataFrame, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, Examples]:
+    """All BIO texts and the QA pairs of the training split."""
+    train_qa = qa[qa["split"] == "train"]
+    return {
+        "bio": tokenize_bio(bio["text"].tolist(), tokenizer),
+        "qa": tokenize_qa(train_qa["question"].tolist(), train_qa["answer"].tolist(), tokenizer),
+    }
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    task: str
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def collate(examples: Examples, index: np.ndarray, pad_id: int) -> MicroBatch:
+    """Right-pad the chosen examples into one micro-batch."""
+    length = max(len(examples.input_ids[i]) for i in index)
+    ids = np.full((len(index), length), pad_id, dtype=np.int64)
+    labels = np.full((len(index), length), IGNORE, dtype=np.int64)
+    mask = np.zeros((len(index), length), dtype=np.int64)
+    for row, i in enumerate(index):
+        n = len(examples.input_ids[i])
+        ids[row, :n] = examples.input_ids[i]
+        labels[row, :n] = examples.labels[i]
+        mask[row, :n] = 1
+    return MicroBatch(
+        examples.task, torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+    )
+
+
+class StepPlan:
+    """Which examples each optimizer step uses, for phase ``bio``, ``qa`` or ``mix``.
+
+    ``bio``/``qa``: each epoch is a fresh permutation of that task's examples, cut into steps of
+    ``batch_size``. ``mix``: an epoch is one pass over the BIO examples; each step holds
+    ``round(batch_size * qa_ratio)`` QA examples drawn from a cycling permutation of the
+    training QA and the rest BIO.
+    """
+
+    def __init__(
+        self,
+        phase: str,
+        sizes: dict[str, int],
+        *,
+        batch_size: int,
+        epochs: int,
+        seed: int,
+        qa_ratio: float = 0.5,
+        grad_accum: int = 1,
+    ) -> None:
+        if phase not in PHASES:
+            raise ConfigError(f"training phase {phase!r} is not one of {', '.join(PHASES)}")
+        if batch_size < 1 or epochs < 0 or grad_accum < 1:
+            raise ConfigError("training.batch_size and grad_accum must be ≥ 1 and epochs ≥ 0")
+        self.phase, self.sizes, self.epochs, self.seed = phase, sizes, epochs, seed
+        self.grad_accum = grad_accum
+        if phase == "mix":
+            if not 0.0 <= qa_ratio < 1.0:
+                raise ConfigError(f"training.qa_ratio must be in [0, 1), got {qa_ratio}")
+            self.per_step = {"qa": round(batch_size * qa_ratio)}
+            self.per_step["bio"] = batch_size - self.per_step["qa"]
+            self.driver = "bio"
+        else:
+            self.per_step = {phase: batch_size}
+            self.driver = phase
+        for task, n in self.per_step.items():
+            if n > 0 and sizes.get(task, 0) == 0:
+                raise ConfigError(f"phase {phase!r} needs {task} examples but there are none")
+        self.steps_per_epoch = math.ceil(sizes[self.driver] / self.per_step[self.driver])
+        self.total_steps = self.steps_per_epoch * epochs
+
+    def _permutation(self, task: str, cycle: int) -> np.ndarray:
+        salt = {"bio": 1, "qa": 2}[task]
+        rng = np.random.default_rng([self.seed, salt, cycle])
+        return rng.permutation(self.sizes[task])
+
+    def step_indices(self, step: int) -> dict[str, np.ndarray]:
+        """Example indices per task for optimizer step ``step`` (0-based)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        out: dict[str, np.ndarray] = {}
+        for task, n in self.per_step.items():
+            if n == 0:
+                continue
+            if task == self.driver:
+                perm = self._permutation(task, epoch)
+                out[task] = perm[within * n : (within + 1) * n]
+            else:  # a stream that cycles through the task's examples across epochs
+                start = step * n
+                size = self.sizes[task]
+                chunks, pos = [], start
+                while pos < start + n:
+                    cycle, offset = divmod(pos, size)
+                    take = min(size - offset, start + n - pos)
+                    chunks.append(self._permutation(task, cycle)[offset : offset + take])
+                    pos += take
+                out[task] = np.concatenate(chunks)
+        return out
+
+    def micro_batches(
+        self, step: int, examples: dict[str, Examples], pad_id: int
+    ) -> list[MicroBatch]:
+        """The step's micro-batches, task-homogeneous, BIO before QA."""
+        batches = []
+        for task, index in sorted(self.step_indices(step).items()):
+            for part in np.array_split(index, min(self.grad_accum, len(index))):
+                batches.append(collate(examples[task], part, pad_id))
+        return batches

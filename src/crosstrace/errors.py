@@ -1,0 +1,13 @@
+"""Errors that carry a message meant for the person running the pipeline."""
+
+
+class CrosstraceError(RuntimeError):
+    """A problem with the user's input or environment, explained in plain words."""
+
+
+class ConfigError(CrosstraceError, ValueError):
+    """A config value is missing, of the wrong type, or outside its allowed range."""
+
+
+class InputDataError(CrosstraceError):
+    """An input file is missing, unreadable or does not have the expected columns."""

@@ -1,0 +1,149 @@
+"""Model factory: tiny random-init HF models for CPU, or real checkpoints by hub id / path.
+
+Both forms end as ordinary Hugging Face model folders (``save_pretrained``, safetensors),
+so θ0, stage checkpoints and final models all load through ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from crosstrace.atomic import atomic_dir
+from crosstrace.errors import ConfigError, CrosstraceError
+
+ARCHITECTURES = ("llama", "gpt_neox")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tiny_model(
+    tiny: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int
+) -> PreTrainedModel:
+    """A randomly initialised LlamaForCausalLM or GPTNeoXForCausalLM sized by ``tiny``."""
+    arch = tiny.get("arch")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"models.*.tiny.arch: unknown architecture {arch!r}; "
+            f"choose one of {', '.join(ARCHITECTURES)}"
+        )
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=int(tiny["hidden"]),
+        num_hidden_layers=int(tiny["layers"]),
+        num_attention_heads=int(tiny["heads"]),
+        intermediate_size=int(tiny["intermediate"]),
+        max_position_embeddings=int(tiny.get("max_position", 256)),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    if common["hidden_size"] % common["num_attention_heads"]:
+        raise ConfigError(
+            f"models.*.tiny: hidden ({common['hidden_size']}) must be divisible by "
+            f"heads ({common['num_attention_heads']})"
+        )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        kv_heads = int(tiny.get("kv_heads", tiny["heads"]))
+        if common["num_attention_heads"] % kv_heads:
+            raise ConfigError(f"models.*.tiny: heads must be a multiple of kv_heads ({kv_heads})")
+        config = LlamaConfig(num_key_value_heads=kv_heads, **common)
+        return LlamaForCausalLM(config)
+    config = GPTNeoXConfig(rotary_pct=float(tiny.get("rotary_pct", 0.25)), **common)
+    return GPTNeoXForCausalLM(config)
+
+
+def _offline_hint(spec: str) -> str:
+    return (
+        f"could not load {spec!r}: it is not a local folder and the Hugging Face hub cannot be "
+        "reached (or the id is wrong). Compute nodes usually have no network: on a login node run "
+        f"`huggingface-cli download {spec}` (with HF_HOME pointing at shared storage, and `hf auth "
+        "login` first for gated models such as Llama), or set `pretrained:` to a local folder."
+    )
+
+
+def load_pretrained(
+    spec: str, dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a real checkpoint by hub id or local path (no download when HF_HUB_OFFLINE=1)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"models.*.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=DTYPES[dtype])
+    except OSError as exc:
+        raise CrosstraceError(_offline_hint(spec)) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str]
+) -> None:
+    """Save model and tokenizer as one HF folder (safetensors), atomically."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def load_model(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model folder written by :func:`save_model` (or any HF causal-LM folder)."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise CrosstraceError(f"{folder} is not a model folder (no config.json); was its rule run?")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+    return model.to(device), tokenizer
+
+
+def build_base(
+    model_cfg: dict[str, Any],
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    single_token_names: bool = True,
+) -> None:
+    """Write θ0: a tiny model with its word-level tokenizer, or a copy of a real checkpoint."""
+    if "tiny" in model_cfg:
+        from crosstrace.tokenizer import word_tokenizer_for_world
+        from crosstrace.world import read_bio, read_people, read_qa
+
+        data = Path(data_dir)
+        tokenizer = word_tokenizer_for_world(
+            read_bio(data / "bio.parquet"),
+            read_qa(data / "qa.parquet"),
+            read_people(data / "people.parquet"),
+            single_token_names=single_token_names,
+        )
+        model = tiny_model(model_cfg["tiny"], tokenizer, seed)
+    elif "pretrained" in model_cfg:
+        model, tokenizer = load_pretrained(
+            model_cfg["pretrained"], model_cfg.get("dtype", "float32")
+        )
+    else:
+        raise ConfigError("a models entry needs either `tiny:` or `pretrained:`")
+    save_model(model, tokenizer, out_dir)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,283 @@
+"""Seaborn figures of the analysis tables, as PNG and PDF under results/figures/.
+
+Figures (file stem → caption in workflow/report/<stem>.rst):
+
+- ``accuracy``: exact-match accuracy by strategy × split × model (mean over seeds).
+- ``shared_by_layer_module``: shared parameters per layer and module, stage vs mix.
+- ``shared_head_heatmap``: layer × head heatmap of shared parameters per attention module.
+- ``overlap_vs_k``: shared fraction vs k with the chance line (k/100)².
+- ``ablation``: accuracy drop when shared parameters are reset, vs the controls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from crosstrace.atomic import atomic_file
+from crosstrace.errors import ConfigError, InputDataError
+
+FIGURES = (
+    "accuracy",
+    "shared_by_layer_module",
+    "shared_head_heatmap",
+    "overlap_vs_k",
+    "ablation",
+)
+FORMATS = ("png", "pdf", "svg")
+CONDITION_ORDER = ["shared", "random", "bio_only", "qa_only"]
+MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"]
+
+
+def load_tables(source: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
+    """Analysis tables from a tables folder (``<name>.parquet``) or a DuckDB file."""
+    source = Path(source)
+    names = ("accuracy", "shared_counts", "overlap", "ablation", "concentration")
+    if source.is_file():
+        from crosstrace.database import connect
+
+        con = connect(source)
+        try:
+            return {n: con.table(n).df() for n in names}
+        finally:
+            con.close()
+    if not source.is_dir():
+        raise InputDataError(f"no tables folder or database at {source}")
+    return {
+        n: pd.read_parquet(source / f"{n}.parquet")
+        if (source / f"{n}.parquet").exists()
+        else pd.DataFrame()
+        for n in names
+    }
+
+
+def _pick_k(df: pd.DataFrame, k_percent: float | None) -> float | None:
+    if df.empty:
+        return None
+    ks = sorted(df["k_percent"].unique())
+    if k_percent is None:
+        return float(ks[len(ks) // 2])
+    if k_percent not in ks:
+        raise ConfigError(f"k_percent {k_percent} is not among the tables' values {ks}")
+    return float(k_percent)
+
+
+def _empty(title: str, why: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.text(0.5, 0.5, why, ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    ax.set_title(title)
+    return fig
+
+
+def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
+    title = "QA exact-match accuracy by training strategy"
+    if acc.empty:
+        return _empty(title, "no predictions in the accuracy table")
+    d = acc[acc["attribute"] == "all"]
+    g = sns.catplot(
+        data=d,
+        x="strategy",
+        y="accuracy",
+        hue="split",
+        col="model",
+        kind="bar",
+        hue_order=[s for s in ("id", "ood") if s in set(d["split"])],
+        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
+        height=3.5,
+        aspect=1.0,
+    )
+    g.set(ylim=(0, 1.05))
+    g.set_axis_labels("training strategy", "exact-match accuracy")
+    g.set_titles("{col_name}")
+    g.legend.set_title("split")
+    sns.move_legend(g, "upper left", bbox_to_anchor=(1.0, 0.9))
+    g.figure.suptitle(title, y=1.04)
+    g.figure.text(0.5, -0.04, "id: people whose QA was trained · ood: held-out people", ha="center")
+    return g.figure
+
+
+def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure:
+    title = "Shared parameters (top-k BIO ∩ top-k QA) per layer and module"
+    if shared.empty or k is None:
+        return _empty(title, "no shared_counts")
+    d = shared[(shared["k_percent"] == k) & shared["layer"].notna()]
+    d = d.groupby(["model", "strategy", "seed", "layer", "module"], as_index=False)[
+        "n_shared"
+    ].sum()
+    d = d.groupby(["model", "strategy", "layer", "module"], as_index=False)["n_shared"].mean()
+    d["layer"] = d["layer"].astype(int)
+    g = sns.catplot(
+        data=d,
+        x="layer",
+        y="n_shared",
+        hue="module",
+        col="strategy",
+        row="model",
+        kind="bar",
+        hue_order=[m for m in MODULE_ORDER if m in set(d["module"])],
+        col_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
+        height=3.2,
+        aspect=1.4,
+        sharey="row",
+    )
+    g.set_axis_labels("layer", "shared parameters")
+    g.set_titles("{row_name} · {col_name}")
+    g.figure.suptitle(f"{title}, k = {k:g}% (mean over seeds)", y=1.03)
+    return g.figure
+
+
+def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
+    title = "Shared parameters per layer and head"
+    if shared.empty or k is None:
+        return _empty(title, "no shared_counts")
+    d = shared[(shared["k_percent"] == k) & shared["head"].notna() & shared["layer"].notna()]
+    d = d[d["module"].str.startswith("attn.")]
+    if d.empty:
+        return _empty(title, "no attention heads among the ranked modules")
+    d = d.groupby(["model", "strategy", "module", "layer", "head"], as_index=False)[
+        "n_shared"
+    ].mean()
+    runs = sorted({(m, s) for m, s in zip(d["model"], d["strategy"], strict=True)})
+    modules = [m for m in ("attn.q", "attn.k", "attn.v", "attn.o") if m in set(d["module"])]
+    fig, axes = plt.subplots(
+        len(runs),
+        len(modules),
+        figsize=(3.2 * len(modules) + 1, 2.6 * len(runs) + 0.6),
+        squeeze=False,
+    )
+    vmax = float(d["n_shared"].max()) or 1.0
+    for i, (model, strategy) in enumerate(runs):
+        for j, module in enumerate(modules):
+            ax = axes[i][j]
+            part = d[(d["model"] == model) & (d["strategy"] == strategy) & (d["module"] == module)]
+            grid = part.pivot_table(index="layer", columns="head", values="n_shared", aggfunc="sum")
+            grid.index = grid.index.astype(int)
+            grid.columns = grid.columns.astype(int)
+            sns.heatmap(
+                grid,
+                ax=ax,
+                cmap="viridis",
+                vmin=0,
+                vmax=vmax,
+                cbar=j == len(modules) - 1,
+                cbar_kws={"label": "shared parameters"},
+            )
+            n_q = d[(d["model"] == model) & (d["module"] == "attn.q")]["head"].nunique()
+            gqa = module in ("attn.k", "attn.v") and part["head"].nunique() < n_q
+            kv = " (KV head)" if gqa else ""
+            ax.set_title(f"{model} · {strategy} · {module}", fontsize=9)
+            ax.set_xlabel(f"head{kv}")
+            ax.set_ylabel("layer")
+    fig.suptitle(f"{title}, k = {k:g}% (mean over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
+    title = "Overlap of BIO and QA top-k sets vs k"
+    if overlap.empty:
+        return _empty(title, "no overlap table")
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    sns.lineplot(
+        data=overlap,
+        x="k_percent",
+        y="shared_fraction",
+        hue="strategy",
+        style="model",
+        markers=True,
+        errorbar=("ci", 95) if overlap["seed"].nunique() > 1 else None,
+        ax=ax,
+    )
+    ks = np.geomspace(overlap["k_percent"].min(), overlap["k_percent"].max(), 50)
+    ax.plot(ks, (ks / 100) ** 2, color="grey", ls=":", lw=2, label="chance (k/100)²")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("k (% of ranked parameters)")
+    ax.set_ylabel("shared fraction of ranked parameters")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_ablation(ablation: pd.DataFrame) -> plt.Figure:
+    title = "Accuracy drop when parameters are reset to θ0"
+    if ablation.empty:
+        return _empty(title, "no ablation results")
+    d = ablation[ablation["condition"] != "none"].copy()
+    d["run"] = d["model"] + " · " + d["strategy"]
+    d["k"] = d["k_percent"].map(lambda k: f"k = {k:g}%")
+    g = sns.catplot(
+        data=d,
+        x="condition",
+        y="accuracy_drop",
+        hue="split",
+        col="k",
+        row="run",
+        kind="bar",
+        order=[c for c in CONDITION_ORDER if c in set(d["condition"])],
+        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
+        height=3.0,
+        aspect=1.2,
+    )
+    g.set_axis_labels("reset set", "accuracy drop (θT − ablated)")
+    g.set_titles("{row_name} · {col_name}")
+    for ax in g.axes.flat:
+        ax.axhline(0, color="k", lw=0.8)
+        ax.tick_params(axis="x", rotation=20)
+    g.figure.suptitle(f"{title}: shared vs random, BIO-only and QA-only controls", y=1.03)
+    return g.figure
+
+
+def make_figures(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] = ("png", "pdf"),
+    dpi: int = 150,
+    style: str = "whitegrid",
+    k_percent: float | None = None,
+) -> list[Path]:
+    """Write every figure in every format; return the paths (``<out_dir>/<stem>.<fmt>``).
+
+    ``source`` is the tables folder or the DuckDB file. ``k_percent`` picks the k of the
+    per-layer and per-head figures (default: the middle of the tables' k values).
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"plot formats {bad} are not among {list(FORMATS)}")
+    t = load_tables(source)
+    k = _pick_k(t["shared_counts"], k_percent)
+    sns.set_theme(style=style)
+    builders = {
+        "accuracy": lambda: fig_accuracy(t["accuracy"]),
+        "shared_by_layer_module": lambda: fig_shared_layer_module(t["shared_counts"], k),
+        "shared_head_heatmap": lambda: fig_head_heatmap(t["shared_counts"], k),
+        "overlap_vs_k": lambda: fig_overlap(t["overlap"]),
+        "ablation": lambda: fig_ablation(t["ablation"]),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem in FIGURES:
+        fig = builders[stem]()
+        try:
+            for fmt in formats:
+                path = out_dir / f"{stem}.{fmt}"
+                with atomic_file(path) as tmp:
+                    fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+                paths.append(path)
+        finally:
+            plt.close(fig)
+    return paths

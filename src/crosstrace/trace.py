@@ -1,0 +1,133 @@
+"""The cross-task gradient trace: Δ_task,i = Σ_t lr_t · g_task,t,i, summed beside the optimizer.
+
+The trace only reads ``.grad``; the optimizer sees exactly the gradient of untraced training.
+With gradient clipping, each task's share is scaled by the same clip coefficient as the step,
+so Δ_bio + Δ_qa is the lr-weighted sum of the gradients the optimizer actually used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from crosstrace.atomic import atomic_file
+from crosstrace.errors import InputDataError
+
+TASKS = ("bio", "qa")
+FORMAT = "crosstrace-trace/1"
+
+
+class GradientTrace:
+    """fp32 accumulators, one per trainable parameter and task.
+
+    Per step: call :meth:`mark_task_end` after the last backward of each task but the last
+    (it snapshots the running ``.grad``), then :meth:`accumulate` after clipping, before
+    ``optimizer.step()``.
+    """
+
+    def __init__(
+        self,
+        named_params: Iterable[tuple[str, torch.nn.Parameter]],
+        *,
+        offload_cpu: bool = False,
+        initial: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.names: list[str] = []
+        self.params: list[torch.nn.Parameter] = []
+        for name, param in named_params:
+            if param.requires_grad:
+                self.names.append(name)
+                self.params.append(param)
+        self.store_device = torch.device("cpu") if offload_cpu else None
+        self.delta: dict[str, list[torch.Tensor]] = {}
+        for task in TASKS:
+            acc = []
+            for name, param in zip(self.names, self.params, strict=True):
+                device = self.store_device or param.device
+                if initial is not None and name in initial.get(task, {}):
+                    acc.append(initial[task][name].to(device=device, dtype=torch.float32).clone())
+                else:
+                    acc.append(torch.zeros(param.shape, dtype=torch.float32, device=device))
+            self.delta[task] = acc
+        self._snapshots: list[tuple[str, list[torch.Tensor]]] = []
+        self._done: list[str] = []
+
+    def _grads(self) -> list[torch.Tensor]:
+        return [
+            p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
+            for p in self.params
+        ]
+
+    def mark_task_end(self, task: str) -> None:
+        """Snapshot the running gradient after ``task``'s backward passes (used in mixed steps)."""
+        self._snapshots.append((task, [g.clone() for g in self._grads()]))
+
+    def accumulate(self, last_task: str, lr: float, clip_coef: float = 1.0) -> None:
+        """Add lr · (clipped) gradient share of each task in this step to its accumulator.
+
+        ``.grad`` must hold the step's clipped gradient (``clip_coef`` times the raw sum).
+        """
+        grads = self._grads()
+        previous: list[torch.Tensor] | None = None
+        for task, snap in self._snapshots:
+            share = snap if previous is None else torch._foreach_sub(snap, previous)
+            self._add(task, share, lr * clip_coef)
+            previous = snap
+        if previous is None:
+            self._add(last_task, grads, lr)
+        else:
+            # last task's share = clipped total − clip_coef · (running sum before it)
+            self._add(last_task, grads, lr)
+            self._add(last_task, previous, -lr * clip_coef)
+        self._snapshots.clear()
+
+    def _add(self, task: str, grads: list[torch.Tensor], alpha: float) -> None:
+        acc = self.delta[task]
+        if self.store_device is not None:
+            grads = [g.to(self.store_device, non_blocking=False) for g in grads]
+        torch._foreach_add_(acc, grads, alpha=alpha)
+
+    def state(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {task: dict(zip(self.names, acc, strict=True)) for task, acc in self.delta.items()}
+
+
+def save_trace(
+    path: str | os.PathLike[str],
+    deltas: dict[str, dict[str, torch.Tensor]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """One fp32 tensor per parameter and task, keyed ``"{task}/{param}"``, written atomically."""
+    tensors = {
+        f"{task}/{name}": t.detach().to("cpu", torch.float32).contiguous()
+        for task, params in deltas.items()
+        for name, t in params.items()
+    }
+    meta = {"format": FORMAT, "tasks": ",".join(deltas), **(metadata or {})}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_trace(path: str | os.PathLike[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Read a trace file back as ``{task: {param: tensor}}``."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputDataError(f"trace file {file} does not exist; run the training rule first")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise InputDataError(
+                    f"{file} is not a crosstrace trace (format {meta.get('format')!r})"
+                )
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                task, name = key.split("/", 1)
+                out.setdefault(task, {})[name] = handle.get_tensor(key)
+    except (OSError, ValueError) as exc:  # safetensors raises these on truncated files
+        raise InputDataError(f"trace file {file} is unreadable or truncated: {exc}") from exc
+    return out

@@ -1,0 +1,398 @@
+"""Training loop for the ``bio``, ``qa`` and ``mix`` phases, with the gradient trace beside it.
+
+Top to bottom: config, data, model, optimizer, resume, loop, save. No trainer framework:
+warmup + cosine, clipping, accumulation and bf16 autocast are each a few visible lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from crosstrace.atomic import atomic_file
+from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
+from crosstrace.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from crosstrace.devices import autocast_dtype, resolve_device
+from crosstrace.errors import ConfigError, CrosstraceError
+from crosstrace.models import count_parameters, load_model, save_model
+from crosstrace.trace import GradientTrace, load_trace, save_trace
+from crosstrace.world import read_bio, read_qa
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "sgd")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on a signal; rerun to resume
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.1
+    max_grad_norm: float | None = 1.0
+    batch_size: int = 64
+    grad_accum: int = 1
+    bio_epochs: int = 60
+    qa_epochs: int = 30
+    mix_epochs: int = 60
+    qa_ratio: float = 0.5
+    checkpoint_every: int = 500
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> TrainingConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}")
+        out = cls(**cfg)
+        if out.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"training.optimizer: {out.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
+            )
+        if out.lr <= 0:
+            raise ConfigError(f"training.lr must be > 0, got {out.lr}")
+        return out
+
+    def epochs(self, phase: str) -> int:
+        return {"bio": self.bio_epochs, "qa": self.qa_epochs, "mix": self.mix_epochs}[phase]
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    enabled: bool = True
+    offload_cpu: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> TraceConfig:
+        return cls(
+            enabled=bool(cfg.get("enabled", True)), offload_cpu=bool(cfg.get("offload_cpu", False))
+        )
+
+
+def warmup_cosine(
+    total_steps: int, warmup_ratio: float, min_lr_ratio: float
+) -> Callable[[int], float]:
+    """lr multiplier: linear warmup, then cosine from 1 down to ``min_lr_ratio``."""
+    warmup = max(1, round(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * min(progress, 1.0))
+        )
+
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only, or plain SGD (no momentum)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+class _StopSignal:
+    """Turns SIGTERM / SIGUSR1 (SLURM's warnings before a time limit) into a flag."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopSignal]:
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+
+
+class Preempted(CrosstraceError):
+    """Training stopped on a signal after writing a checkpoint; rerunning resumes it."""
+
+
+def _fingerprint(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _oom_message(model: torch.nn.Module, cfg: TrainingConfig) -> str:
+    n = count_parameters(model)
+    return (
+        f"CUDA out of memory: model has {n / 1e6:.1f}M parameters "
+        f"(~{n * 16 / 2**30:.1f} GiB for fp32 weights, grads and AdamW state; the trace adds "
+        f"{n * 8 / 2**30:.1f} GiB), batch_size={cfg.batch_size}, grad_accum={cfg.grad_accum}. "
+        "Lower training.batch_size (raising grad_accum keeps the effective batch), set "
+        "trace.offload_cpu: true, or use a GPU with more memory."
+    )
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    batches: list[MicroBatch],
+    optimizer: torch.optim.Optimizer,
+    tracer: GradientTrace | None,
+    *,
+    lr: float,
+    max_grad_norm: float | None,
+    amp: torch.dtype | None,
+) -> dict[str, float]:
+    """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
+
+    The loss is the sum of token losses over the step divided by the step's supervised tokens,
+    so micro-batching does not change the gradient. The trace reads ``.grad`` between tasks and
+    after clipping; nothing it does reaches the optimizer.
+    """
+    device = next(model.parameters()).device
+    n_supervised = sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in batches)
+    loss_sum: dict[str, torch.Tensor] = {}
+    tokens: dict[str, int] = {}
+    for i, mb in enumerate(batches):
+        ids, mask = mb.input_ids.to(device), mb.attention_mask.to(device)
+        labels = mb.labels.to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels[:, 1:].flatten(),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        (loss / n_supervised).backward()
+        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
+        tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+        if tracer is not None and i + 1 < len(batches) and batches[i + 1].task != mb.task:
+            tracer.mark_task_end(mb.task)
+    clip_coef = 1.0
+    if max_grad_norm is not None:
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        clip_coef = float(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
+    if tracer is not None:
+        tracer.accumulate(batches[-1].task, lr, clip_coef)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {task: float(loss_sum[task]) / tokens[task] for task in loss_sum}
+
+
+def train_run(
+    init_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    trace_out: str | os.PathLike[str],
+    log_out: str | os.PathLike[str],
+    *,
+    phase: str,
+    data_dir: str | os.PathLike[str],
+    training: dict[str, Any] | TrainingConfig,
+    trace: dict[str, Any] | TraceConfig | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    init_trace: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train one phase from ``init_dir`` and write θ_T, its trace and a per-step log.
+
+    ``init_trace`` continues the accumulators of an earlier phase (the QA stage of two-stage
+    training continues the BIO stage's trace). Resumes from the newest complete checkpoint
+    in ``checkpoint_dir`` (default: ``<out_dir>.checkpoints``) written by the same settings.
+    ``max_steps`` stops early (the lr schedule still spans the whole phase), for tests.
+    """
+    cfg = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(training)
+    tcfg = trace if isinstance(trace, TraceConfig) else TraceConfig.from_dict(trace or {})
+    dev = resolve_device(device)
+    amp = autocast_dtype(dev)
+    torch.manual_seed(seed)
+    out_dir = Path(out_dir)
+    ckpt_root = (
+        Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
+    )
+
+    model, tokenizer = load_model(init_dir, dev)
+    model.train()
+    data = Path(data_dir)
+    examples = training_examples(
+        read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet"), tokenizer
+    )
+    plan = StepPlan(
+        phase,
+        {task: len(ex) for task, ex in examples.items()},
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs(phase),
+        seed=seed,
+        qa_ratio=cfg.qa_ratio,
+        grad_accum=cfg.grad_accum,
+    )
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(plan.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    )
+    initial = load_trace(init_trace) if init_trace else None
+    tracer = (
+        GradientTrace(model.named_parameters(), offload_cpu=tcfg.offload_cpu, initial=initial)
+        if tcfg.enabled
+        else None
+    )
+    fingerprint = _fingerprint(
+        phase=phase,
+        training=asdict(cfg),
+        trace=tcfg.enabled,
+        seed=seed,
+        init=str(Path(init_dir).resolve()),
+    )
+
+    start, rows = 0, []
+    found = latest_checkpoint(ckpt_root)
+    if found is not None:
+        weights, acc, state = load_checkpoint(found)
+        if state.get("fingerprint") != fingerprint:
+            log.warning("ignoring checkpoint %s: written with other settings", found)
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+        else:
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            if tracer is not None and acc is not None:
+                for task, per_param in acc.items():
+                    for i, name in enumerate(tracer.names):
+                        tracer.delta[task][i].copy_(per_param[name])
+            start, rows = state["step"], state["log"]
+            log.info("resumed from %s (step %d of %d)", found, start, plan.total_steps)
+
+    def checkpoint(step: int) -> None:
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "log": rows,
+            "fingerprint": fingerprint,
+        }
+        save_checkpoint(
+            ckpt_root, step, model=model, trace=tracer.state() if tracer else None, state=state
+        )
+
+    pad_id = tokenizer.pad_token_id
+    log.info(
+        "phase %s: %d steps (%d per epoch), %d parameters, device %s",
+        phase,
+        plan.total_steps,
+        plan.steps_per_epoch,
+        count_parameters(model),
+        dev,
+    )
+    stopper = _StopSignal()
+    end = plan.total_steps if max_steps is None else min(max_steps, plan.total_steps)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=end,
+        desc=f"train {phase}",
+        disable=not progress,
+        mininterval=2.0,
+    )
+    try:
+        with stopper.installed():
+            for step in bar:
+                t0 = time.perf_counter()
+                batches = plan.micro_batches(step, examples, pad_id)
+                lr = scheduler.get_last_lr()[0]
+                losses = optimizer_step(
+                    model,
+                    batches,
+                    optimizer,
+                    tracer,
+                    lr=lr,
+                    max_grad_norm=cfg.max_grad_norm,
+                    amp=amp,
+                )
+                scheduler.step()
+                rows.append(
+                    {
+                        "phase": phase,
+                        "step": step + 1,
+                        "epoch": step // plan.steps_per_epoch,
+                        "lr": lr,
+                        "loss_bio": losses.get("bio"),
+                        "loss_qa": losses.get("qa"),
+                        "tokens": int(sum(mb.attention_mask.sum() for mb in batches)),
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
+                done = step + 1
+                if stopper.received is not None:
+                    checkpoint(done)
+                    raise Preempted(
+                        f"received signal {stopper.received} at step {done}/{plan.total_steps}; "
+                        f"checkpoint written to {ckpt_root}; rerun the same job to resume"
+                    )
+                if (
+                    cfg.checkpoint_every
+                    and done % cfg.checkpoint_every == 0
+                    and done < plan.total_steps
+                ):
+                    checkpoint(done)
+                if step % 50 == 0:
+                    bar.set_postfix(
+                        {
+                            k: f"{v:.3f}"
+                            for k, v in rows[-1].items()
+                            if k.startswith("loss") and v is not None
+                        }
+                    )
+    except torch.cuda.OutOfMemoryError as exc:
+        raise CrosstraceError(_oom_message(model, cfg)) from exc
+    finally:
+        bar.close()
+
+    model.eval()
+    save_model(model, tokenizer, out_dir)
+    if tracer is not None:
+        save_trace(trace_out, tracer.state(), {"phase": phase, "steps": str(end)})
+    frame = pd.DataFrame(
+        rows, columns=["phase", "step", "epoch", "lr", "loss_bio", "loss_qa", "tokens", "seconds"]
+    )
+    with atomic_file(log_out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    return {"steps": end, "parameters": count_parameters(model), "resumed_from": start}

@@ -1,0 +1,305 @@
+"""The bioS-style fact world: people, biographies (BIO) and questions (QA) as Parquet."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crosstrace.atomic import atomic_file
+from crosstrace.errors import ConfigError, InputDataError
+from crosstrace.templates import QA_TEMPLATES, sentence_templates
+
+ATTRIBUTES: tuple[str, ...] = (
+    "birth_date",
+    "birth_city",
+    "university",
+    "major",
+    "employer",
+    "employer_city",
+)
+POOLS: tuple[str, ...] = (
+    "first_names",
+    "middle_names",
+    "last_names",
+    "birth_cities",
+    "universities",
+    "majors",
+    "employers",
+)
+MONTHS: tuple[str, ...] = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+PRONOUNS: dict[str, tuple[str, str]] = {"female": ("She", "Her"), "male": ("He", "His")}
+
+BIO_SCHEMA = pa.schema([("person_id", pa.int32()), ("text", pa.string())])
+QA_SCHEMA = pa.schema(
+    [
+        ("person_id", pa.int32()),
+        ("attribute", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+PEOPLE_SCHEMA = pa.schema(
+    [("person_id", pa.int32()), ("name", pa.string()), ("gender", pa.string())]
+    + [(a, pa.string()) for a in ATTRIBUTES]
+)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The validated ``world:`` section of the config."""
+
+    seed: int
+    n_people: int
+    qa_train_fraction: float
+    templates_per_attribute: int
+    bios_per_person: int
+    permute: bool
+    fullname: bool
+    single_token_names: bool
+    pools: dict[str, int]
+
+
+@functools.cache
+def shipped_pool(name: str) -> tuple[str, ...]:
+    """All values of a shipped pool, in file order (employers as "Name<TAB>HQ City")."""
+    text = resources.files("crosstrace").joinpath("pools", f"{name}.txt").read_text("utf-8")
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int:
+    value = cfg.get(key, default)
+    if value is None:
+        raise ConfigError(f"world.{key} is required")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"world.{key} must be an integer, got {value!r}")
+    if value < minimum:
+        what = "empty world" if key == "n_people" else f"must be >= {minimum}"
+        raise ConfigError(f"world.{key}={value}: {what}")
+    return int(value)
+
+
+def _bool(cfg: Mapping[str, Any], key: str) -> bool:
+    value = cfg.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"world.{key} must be true or false, got {value!r}")
+    return value
+
+
+def parse_world_config(world_cfg: Mapping[str, Any]) -> WorldConfig:
+    """Validate the ``world:`` section and fill defaults; ConfigError names the bad key."""
+    frac = world_cfg.get("qa_train_fraction", 0.5)
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
+        raise ConfigError(f"world.qa_train_fraction={frac!r} must be a number in (0, 1)")
+    pools_cfg = world_cfg.get("pools") or {}
+    if not isinstance(pools_cfg, Mapping):
+        raise ConfigError(f"world.pools must be a mapping of pool name to size, got {pools_cfg!r}")
+    unknown = sorted(set(pools_cfg) - set(POOLS))
+    if unknown:
+        raise ConfigError(f"world.pools has unknown keys {unknown}; known: {list(POOLS)}")
+    pools: dict[str, int] = {}
+    for name in POOLS:
+        shipped = len(shipped_pool(name))
+        size = _int(pools_cfg, name, shipped, 1) if name in pools_cfg else shipped
+        if size > shipped:
+            raise ConfigError(f"world.pools.{name}={size} but only {shipped} values are shipped")
+        pools[name] = size
+    return WorldConfig(
+        seed=_int(world_cfg, "seed", None, 0),
+        n_people=_int(world_cfg, "n_people", None, 1),
+        qa_train_fraction=float(frac),
+        templates_per_attribute=_int(world_cfg, "templates_per_attribute", 5, 1),
+        bios_per_person=_int(world_cfg, "bios_per_person", 1, 1),
+        permute=_bool(world_cfg, "permute"),
+        fullname=_bool(world_cfg, "fullname"),
+        single_token_names=_bool(world_cfg, "single_token_names"),
+        pools=pools,
+    )
+
+
+def _people(cfg: WorldConfig, rng: np.random.Generator) -> dict[str, list[str]]:
+    """Draw names, genders and attribute values; columns as lists, one entry per person."""
+    n = cfg.n_people
+    firsts, middles, lasts = (
+        shipped_pool(p)[: cfg.pools[p]] for p in ("first_names", "middle_names", "last_names")
+    )
+    total = len(firsts) * len(middles) * len(lasts)
+    if n > total:
+        raise ConfigError(
+            f"world.n_people={n} exceeds the {total} unique full names of the pools "
+            f"({len(firsts)} first x {len(middles)} middle x {len(lasts)} last)"
+        )
+    codes = rng.choice(total, size=n, replace=False)
+    f_idx, rest = np.divmod(codes, len(middles) * len(lasts))
+    m_idx, l_idx = np.divmod(rest, len(lasts))
+    names = [
+        f"{firsts[f]} {middles[m]} {lasts[la]}"
+        for f, m, la in zip(f_idx, m_idx, l_idx, strict=True)
+    ]
+    genders = np.where(rng.integers(0, 2, n) == 0, "female", "male").tolist()
+    years = rng.integers(1900, 2100, n)
+    months = rng.integers(0, 12, n)
+    days = rng.integers(1, 29, n)
+    dates = [f"{MONTHS[mo]} {d}, {y}" for y, mo, d in zip(years, months, days, strict=True)]
+    cities = shipped_pool("birth_cities")[: cfg.pools["birth_cities"]]
+    unis = shipped_pool("universities")[: cfg.pools["universities"]]
+    majors = shipped_pool("majors")[: cfg.pools["majors"]]
+    employers = [line.split("\t") for line in shipped_pool("employers")[: cfg.pools["employers"]]]
+    emp_idx = rng.integers(0, len(employers), n)
+    return {
+        "name": names,
+        "gender": genders,
+        "birth_date": dates,
+        "birth_city": [cities[i] for i in rng.integers(0, len(cities), n)],
+        "university": [unis[i] for i in rng.integers(0, len(unis), n)],
+        "major": [majors[i] for i in rng.integers(0, len(majors), n)],
+        "employer": [employers[i][0] for i in emp_idx],
+        "employer_city": [employers[i][1] for i in emp_idx],
+    }
+
+
+def _bios(cfg: WorldConfig, people: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    """K biographies per person (person-major order), six sentences each."""
+    n, k, n_attr = cfg.n_people, cfg.bios_per_person, len(ATTRIBUTES)
+    templates = [sentence_templates(a, cfg.templates_per_attribute) for a in ATTRIBUTES]
+    choice = rng.integers(0, cfg.templates_per_attribute, size=(n, k, n_attr))
+    if cfg.permute:
+        order = np.argsort(rng.random((n, k, n_attr)), axis=-1, kind="stable")
+    else:
+        order = np.broadcast_to(np.arange(n_attr), (n, k, n_attr))
+    values = [people[a] for a in ATTRIBUTES]
+    texts: list[str] = []
+    for p in range(n):
+        name = people["name"][p]
+        pron_subj, pron_pos = PRONOUNS[people["gender"][p]]
+        named = {"subject": name, "possessive": f"{name}'s"}
+        pronoun = named if cfg.fullname else {"subject": pron_subj, "possessive": pron_pos}
+        for b in range(k):
+            sentences = []
+            for pos, a in enumerate(order[p, b].tolist()):
+                ref = named if pos == 0 else pronoun
+                sentences.append(templates[a][choice[p, b, a]].format(value=values[a][p], **ref))
+            texts.append(" ".join(sentences))
+    return texts
+
+
+def _split(cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask: True for people whose QA is training data."""
+    n = cfg.n_people
+    n_train = math.floor(n * cfg.qa_train_fraction + 0.5)
+    if n_train == 0 or n_train == n:
+        side = "training" if n_train == 0 else "OOD test"
+        raise ConfigError(
+            f"world.qa_train_fraction={cfg.qa_train_fraction} with world.n_people={n} leaves "
+            f"no {side} people"
+        )
+    mask = np.zeros(n, dtype=bool)
+    mask[rng.permutation(n)[:n_train]] = True
+    return mask
+
+
+def _write(table: pa.Table, path: str | os.PathLike[str]) -> None:
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def synthesize_world(
+    world_cfg: Mapping[str, Any],
+    bio_out: str | os.PathLike[str],
+    qa_out: str | os.PathLike[str],
+    people_out: str | os.PathLike[str],
+) -> None:
+    """Draw the world of ``world_cfg`` and write bio, qa and people Parquet files."""
+    cfg = parse_world_config(world_cfg)
+    rng = np.random.default_rng(cfg.seed)
+    people = _people(cfg, rng)
+    train = _split(cfg, rng)
+    texts = _bios(cfg, people, rng)
+    n, n_attr = cfg.n_people, len(ATTRIBUTES)
+    ids = np.arange(n, dtype=np.int32)
+
+    _write(
+        pa.table(
+            {"person_id": np.repeat(ids, cfg.bios_per_person), "text": texts}, schema=BIO_SCHEMA
+        ),
+        bio_out,
+    )
+    questions = [QA_TEMPLATES[a].format(name=name) for name in people["name"] for a in ATTRIBUTES]
+    answers = [people[a][p] for p in range(n) for a in ATTRIBUTES]
+    split = np.repeat(np.where(train, "train", "test"), n_attr).tolist()
+    _write(
+        pa.table(
+            {
+                "person_id": np.repeat(ids, n_attr),
+                "attribute": list(ATTRIBUTES) * n,
+                "question": questions,
+                "answer": answers,
+                "split": split,
+            },
+            schema=QA_SCHEMA,
+        ),
+        qa_out,
+    )
+    _write(pa.table({"person_id": ids, **people}, schema=PEOPLE_SCHEMA), people_out)
+
+
+def _read(path: str | os.PathLike[str], schema: pa.Schema, what: str) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputDataError(f"cannot read the {what} file {os.fspath(path)!r}: {exc}") from exc
+    missing = [c for c in schema.names if c not in df.columns]
+    if missing:
+        raise InputDataError(
+            f"the {what} file {os.fspath(path)!r} lacks columns {missing} "
+            f"(has {list(df.columns)}); rebuild it with the synthesize step"
+        )
+    return df
+
+
+def read_bio(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """bio.parquet as a DataFrame (person_id, text); InputDataError if unreadable."""
+    return _read(path, BIO_SCHEMA, "bio")
+
+
+def read_qa(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """qa.parquet as a DataFrame (person_id, attribute, question, answer, split)."""
+    return _read(path, QA_SCHEMA, "qa")
+
+
+def read_people(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """people.parquet as a DataFrame (person_id, name, gender, one column per attribute)."""
+    return _read(path, PEOPLE_SCHEMA, "people")
+
+
+def qa_prompt(question: str) -> str:
+    """The model input for a question: ``"<question> Answer:"``."""
+    return f"{question} Answer:"
+
+
+def qa_target(answer: str) -> str:
+    """The text the model should produce after the prompt: ``" <answer>"``."""
+    return f" {answer}"

@@ -1,0 +1,55 @@
+"""Shared fixtures for the workflow tests: a scratch copy of the repo, and one real run of
+the small CI study (config/ci.yaml) that several tests inspect."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# What a workflow run needs; results/, .snakemake/ and .git stay behind.
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "workflow", "envs", "profiles"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh copy of the workflow (the package itself is imported from the installed tree)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / "slurm").symlink_to("profiles/slurm")
+    return dest
+
+
+def snakemake(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the snakemake CLI of this interpreter; stdout and stderr together in .stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory) -> Path:
+    """The CI study run once, locally (`snakemake --cores 2 --configfile config/ci.yaml`)."""
+    root = copy_workflow(tmp_path_factory.mktemp("ci-local") / "repo")
+    t0 = time.perf_counter()
+    proc = snakemake("--cores", "2", "--configfile", "config/ci.yaml", cwd=root, timeout=1800)
+    seconds = time.perf_counter() - t0
+    (root / "run.log").write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    print(f"\nlocal CI-config run: {seconds:.0f} s")
+    return root

@@ -1,0 +1,144 @@
+"""The CI study through a real SLURM (`snakemake --profile slurm` plus the CI overlay).
+
+.ci/start-slurm starts a single-node localhost cluster with a stand-in GPU; .ci/run always
+starts it before pytest, so in CI these tests run. Elsewhere they skip unless `sinfo` answers.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import copy_workflow, snakemake
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+LOCAL_RULES = {"all"}
+
+
+def _slurm_reason() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no SLURM here: `sinfo` is not on PATH (run .ci/start-slurm to start one)"
+    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return f"SLURM is installed but not answering: {proc.stderr.strip()[:200]}"
+    if not {"idle", "mix", "alloc"} & set(proc.stdout.split()):
+        return f"no SLURM node is up (sinfo states: {proc.stdout.split()})"
+    return None
+
+
+_REASON = _slurm_reason()
+if _REASON:
+    pytestmark.append(pytest.mark.skip(reason=_REASON))
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    root = copy_workflow(tmp_path_factory.mktemp("ci-slurm") / "repo")
+    t0 = time.perf_counter()
+    proc = snakemake(
+        "--profile",
+        "slurm",
+        "--profile",
+        "profiles/slurm-ci",
+        "--configfile",
+        "config/ci.yaml",
+        cwd=root,
+        timeout=2400,
+    )
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    print(f"\nSLURM CI-config run: {seconds:.0f} s")
+    return root, proc.stdout
+
+
+def _submitted(output: str) -> dict[str, str]:
+    """SLURM job id -> its slurm log path, from the plugin's submit messages."""
+    return dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", output))
+
+
+def _job_count(output: str) -> int:
+    table = output.split("Job stats:", 1)[1].splitlines()
+    total = next(line for line in table if line.strip().startswith("total"))
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", "\n".join(x.strip() for x in table), re.M))
+    return int(total.split()[1]) - sum(int(counts.get(r, 0)) for r in LOCAL_RULES)
+
+
+def test_the_profile_is_used(slurm_run):
+    _, out = slurm_run
+    assert "Using profiles slurm and profiles/slurm-ci" in out
+
+
+def test_every_non_local_job_went_through_sbatch(slurm_run):
+    root, out = slurm_run
+    submitted = _submitted(out)
+    assert len(submitted) == _job_count(out) > 0
+    for jobid, log in submitted.items():
+        assert Path(log).is_file(), f"no SLURM log for job {jobid}"
+        assert Path(log).resolve().is_relative_to((root / "results/logs/slurm").resolve())
+    # Only the local rule ran in the driver process.
+    assert "localrule all:" in out
+    assert not re.search(r"^localrule (?!all:)", out, re.M)
+
+
+def test_gpu_rules_got_the_stand_in_gpu(slurm_run):
+    """scontrol (finished jobs stay visible for MinJobAge) shows gres/gpu=1 for GPU rules."""
+    _, out = slurm_run
+    gpu_jobs = [
+        j for j, log in _submitted(out).items() if re.search(r"rule_(train|evaluate|ablate)", log)
+    ]
+    cpu_jobs = [j for j, log in _submitted(out).items() if "rule_synthesize" in log]
+    assert gpu_jobs and cpu_jobs
+    for jobid in gpu_jobs:
+        info = subprocess.run(
+            ["scontrol", "show", "job", jobid], capture_output=True, text=True, check=True
+        ).stdout
+        assert "JobState=COMPLETED" in info, info
+        assert "gres/gpu=1" in info and "Partition=gpu" in info, info
+    info = subprocess.run(
+        ["scontrol", "show", "job", cpu_jobs[0]], capture_output=True, text=True, check=True
+    ).stdout
+    assert "gres/gpu" not in info
+
+
+def _frame(root: Path, path: str) -> pd.DataFrame:
+    frame = pd.read_parquet(root / path)
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "results/tables/accuracy.parquet",
+        "results/tables/shared_counts.parquet",
+        "results/runs/llama_tiny/stage/seed0/predictions.parquet",
+        "results/runs/neox_tiny/mix/seed0/predictions.parquet",
+    ],
+)
+def test_outputs_match_a_local_run(slurm_run, ci_run, path):
+    root, _ = slurm_run
+    pd.testing.assert_frame_equal(_frame(root, path), _frame(ci_run, path))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "results/runs/llama_tiny/stage/seed0/trace.safetensors",
+        "results/runs/neox_tiny/mix/seed0/trace.safetensors",
+    ],
+)
+def test_traces_are_bitwise_equal_to_a_local_run(slurm_run, ci_run, path):
+    """Same config, same thread count, CPU in both (device auto on the stand-in GPU)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    root, _ = slurm_run
+    ours, local = load_file(root / path), load_file(ci_run / path)
+    assert sorted(ours) == sorted(local)
+    for key in ours:
+        assert np.array_equal(ours[key], local[key]), key

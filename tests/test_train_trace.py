@@ -1,0 +1,190 @@
+"""The gradient trace: identities that hold exactly for plain SGD, and invariance of training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from crosstrace.batches import IGNORE, StepPlan, training_examples
+from crosstrace.models import build_base, load_model
+from crosstrace.trace import load_trace
+from crosstrace.train import TrainingConfig, train_run, warmup_cosine
+from crosstrace.world import read_bio, read_qa, synthesize_world
+
+TINY = {
+    "llama": {
+        "arch": "llama",
+        "layers": 2,
+        "hidden": 32,
+        "heads": 4,
+        "kv_heads": 2,
+        "intermediate": 64,
+    },
+    "gpt_neox": {"arch": "gpt_neox", "layers": 2, "hidden": 32, "heads": 4, "intermediate": 64},
+}
+SGD = {
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "weight_decay": 0.0,
+    "max_grad_norm": None,
+    "batch_size": 16,
+    "bio_epochs": 1,
+    "qa_epochs": 1,
+    "mix_epochs": 1,
+    "qa_ratio": 0.5,
+    "warmup_ratio": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    cfg = {"seed": 3, "n_people": 24, "qa_train_fraction": 0.5, "templates_per_attribute": 5}
+    synthesize_world(cfg, data / "bio.parquet", data / "qa.parquet", data / "people.parquet")
+    return data
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def base(
+    request: pytest.FixtureRequest, world: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp(f"base-{request.param}") / "base"
+    build_base({"tiny": TINY[request.param]}, world, out, seed=0)
+    return out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_model(folder)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def run(base: Path, world: Path, tmp: Path, phase: str, training: dict, **kw) -> tuple[Path, Path]:
+    out, trace = tmp / f"{phase}-model", tmp / f"{phase}-trace.safetensors"
+    train_run(
+        base,
+        out,
+        trace,
+        tmp / f"{phase}-log.parquet",
+        phase=phase,
+        data_dir=world,
+        training=training,
+        seed=kw.pop("seed", 0),
+        progress=False,
+        **kw,
+    )
+    return out, trace
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-6, msg=name)
+
+
+def test_trace_identity_mix(base: Path, world: Path, tmp_path: Path) -> None:
+    theta0 = weights(base)
+    final, trace_path = run(base, world, tmp_path, "mix", SGD)
+    theta_t, delta = weights(final), load_trace(trace_path)
+    assert set(delta) == {"bio", "qa"}
+    assert set(delta["bio"]) == set(theta0)
+    assert_close(
+        {n: delta["bio"][n] + delta["qa"][n] for n in theta0},
+        {n: theta0[n] - theta_t[n] for n in theta0},
+    )
+    # both tasks really contributed
+    assert sum(float(t.abs().sum()) for t in delta["bio"].values()) > 0
+    assert sum(float(t.abs().sum()) for t in delta["qa"].values()) > 0
+
+
+def test_trace_identity_stage(base: Path, world: Path, tmp_path: Path) -> None:
+    theta0 = weights(base)
+    bio_dir, bio_trace = run(base, world, tmp_path, "bio", SGD)
+    final, trace_path = run(bio_dir, world, tmp_path, "qa", SGD, init_trace=bio_trace)
+    theta_bio, theta_t, delta = weights(bio_dir), weights(final), load_trace(trace_path)
+    # each stage's Δ is exactly its own parameter change, and the sum the whole change
+    assert_close(delta["bio"], {n: theta0[n] - theta_bio[n] for n in theta0})
+    assert_close(delta["qa"], {n: theta_bio[n] - theta_t[n] for n in theta0})
+    assert_close(
+        {n: delta["bio"][n] + delta["qa"][n] for n in theta0},
+        {n: theta0[n] - theta_t[n] for n in theta0},
+    )
+
+
+def test_mix_bio_delta_matches_per_example_reference(
+    base: Path, world: Path, tmp_path: Path
+) -> None:
+    """Three mixed SGD steps, recomputed with one backward per example."""
+    cfg = TrainingConfig.from_dict({**SGD, "batch_size": 8, "mix_epochs": 1})
+    model, tokenizer = load_model(base)
+    examples = training_examples(
+        read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet"), tokenizer
+    )
+    plan = StepPlan(
+        "mix",
+        {t: len(e) for t, e in examples.items()},
+        batch_size=8,
+        epochs=1,
+        seed=0,
+        qa_ratio=0.5,
+    )
+    steps = 3
+    # the trained run: shorten the epoch to exactly 3 steps by the schedule of a 3-step plan
+    lr_factor = warmup_cosine(plan.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    ref = {
+        task: {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        for task in ("bio", "qa")
+    }
+    for step in range(steps):
+        lr = cfg.lr * lr_factor(step)
+        index = plan.step_indices(step)
+        n_supervised = sum(
+            int((examples[t].labels[i][1:] != IGNORE).sum())
+            for t, idx in index.items()
+            for i in idx
+        )
+        total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        for task, idx in index.items():
+            for i in idx:
+                model.zero_grad(set_to_none=True)
+                ids = torch.as_tensor(examples[task].input_ids[i])[None]
+                labels = torch.as_tensor(examples[task].labels[i])[None]
+                logits = model(input_ids=ids).logits
+                loss = F.cross_entropy(
+                    logits[0, :-1], labels[0, 1:], ignore_index=IGNORE, reduction="sum"
+                )
+                (loss / n_supervised).backward()
+                for n, p in model.named_parameters():
+                    ref[task][n] += lr * p.grad
+                    total[n] += p.grad
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p -= lr * total[n]
+    # train the same plan for 3 steps: a budget of 3 steps = 3 * batch 8 BIO examples
+    final, trace_path = run(base, world, tmp_path, "mix", {**SGD, "batch_size": 8}, max_steps=steps)
+    delta = load_trace(trace_path)
+    for task in ("bio", "qa"):
+        assert_close(delta[task], ref[task])
+    assert_close(weights(final), {n: p.detach() for n, p in model.named_parameters()})
+
+
+def test_trace_does_not_change_training(base: Path, world: Path, tmp_path: Path) -> None:
+    adamw = {**SGD, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1, "max_grad_norm": 0.5}
+    traced, _ = run(base, world, tmp_path / "a", "mix", adamw, trace={"enabled": True})
+    plain, _ = run(base, world, tmp_path / "b", "mix", adamw, trace={"enabled": False})
+    a, b = load_file(str(traced / "model.safetensors")), load_file(str(plain / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_weights_other_seed_differs(base: Path, world: Path, tmp_path: Path) -> None:
+    adamw = {**SGD, "optimizer": "adamw", "lr": 3e-3, "max_grad_norm": 1.0}
+    one, _ = run(base, world, tmp_path / "1", "mix", adamw, seed=5)
+    two, _ = run(base, world, tmp_path / "2", "mix", adamw, seed=5)
+    three, _ = run(base, world, tmp_path / "3", "mix", adamw, seed=6)
+    a, b, c = (load_file(str(d / "model.safetensors")) for d in (one, two, three))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -1,0 +1,332 @@
+"""The Snakemake workflow: lint, formatting, config validation, the DAG, incremental reruns,
+and the conda environments."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, copy_workflow, snakemake
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GPU_RULES = {"train_bio", "train", "evaluate", "ablate"}
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """A copy of the workflow for parse-only commands (they leave .snakemake/ behind)."""
+    return copy_workflow(tmp_path_factory.mktemp("scratch") / "repo")
+
+
+def job_counts(output: str) -> Counter:
+    """Rule -> job count from the `Job stats:` table of a dry run."""
+    counts: Counter = Counter()
+    if "Nothing to be done" in output:
+        return counts
+    table = output.split("Job stats:", 1)[1]
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def dry_run(cwd: Path, *configfiles: str) -> Counter:
+    args = ["-n", "--quiet", "rules"]
+    if configfiles:
+        args += ["--configfile", *configfiles]
+    proc = snakemake(*args, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return job_counts(proc.stdout)
+
+
+# ---- static checks -----------------------------------------------------------------------
+
+
+def test_lint_is_clean(scratch):
+    proc = snakemake("--lint", cwd=scratch)
+    assert proc.returncode == 0, proc.stdout
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout, proc.stdout
+    assert "Lints for" not in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("snakefmt") is None, reason="snakefmt is not installed")
+def test_snakefmt_check():
+    proc = subprocess.run(
+        ["snakefmt", "--check", "Snakefile", "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_rule_has_log_benchmark_and_resources():
+    """Each rule with an action declares log, benchmark, runtime and mem_mb; GPU rules gpu=1."""
+    text = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
+    rules = re.split(r"^rule ", text, flags=re.M)[1:]
+    names = set()
+    for body in rules:
+        name = body.split(":", 1)[0]
+        names.add(name)
+        for key in ("log:", "benchmark:", "resources:", "runtime=", "mem_mb=", "script:"):
+            assert key in body, f"rule {name} lacks {key}"
+        assert ("gpu=1" in body) == (name in GPU_RULES), f"rule {name}: gpu=1 only on GPU rules"
+    assert names >= GPU_RULES
+
+
+# ---- config validation -------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "unknown_top_key": ("colour: blue\n", "'colour' was unexpected"),
+    "unknown_nested_key": ("training:\n  learning_rate: 0.1\n", "'learning_rate' was unexpected"),
+    "wrong_type": ("world:\n  n_people: many\n", "config key 'world.n_people'"),
+    "strategy_joint": ("strategies: [stage, joint]\n", "config key 'strategies.1'"),
+    "k_zero": ("analysis:\n  k_percent: [0]\n", "config key 'analysis.k_percent.0'"),
+    "k_150": ("analysis:\n  k_percent: [1, 150]\n", "config key 'analysis.k_percent.1'"),
+    "unknown_arch": (
+        "models:\n  m:\n    tiny: {arch: gpt2, layers: 1, hidden: 8, heads: 1, intermediate: 8}\n",
+        "config key 'models.m.tiny.arch'",
+    ),
+    "model_name_with_slash": (
+        "models:\n  'a/b': {pretrained: gpt2}\n",
+        "does not match",
+    ),
+    "dump_top_percent_zero": ("trace:\n  dump_top_percent: 0\n", "trace.dump_top_percent"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_fails_at_parse_time(scratch, tmp_path, case):
+    content, expected = BAD_CONFIGS[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    proc = snakemake("-n", "--configfile", str(bad), cwd=scratch)
+    assert proc.returncode != 0
+    assert "Invalid config" in proc.stdout, proc.stdout[-2000:]
+    assert expected in proc.stdout, proc.stdout[-2000:]
+    assert "Job stats" not in proc.stdout  # failed before building the DAG
+    assert not (scratch / "results").exists()
+
+
+def test_schema_fills_defaults(tmp_path):
+    """A config with only `models` gets every other key from the schema's defaults."""
+    from snakemake.utils import validate
+
+    cfg = {
+        "models": {
+            "m": {
+                "tiny": {"arch": "llama", "layers": 1, "hidden": 8, "heads": 1, "intermediate": 8}
+            }
+        }
+    }
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key, value in shipped.items():
+        if key != "models":
+            assert cfg[key] == value, f"schema default for {key!r} differs from config.yaml"
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", "config/ci.yaml", "config/paper.yaml"])
+def test_shipped_configs_are_valid(scratch, configfile):
+    counts = dry_run(scratch, configfile)
+    assert counts["aggregate"] == 1
+
+
+# ---- the DAG -----------------------------------------------------------------------------
+
+
+def test_default_dry_run_lists_the_study(scratch):
+    """2 tiny models x 2 strategies x 1 seed; train_bio is shared by the stage runs only."""
+    counts = dry_run(scratch)
+    runs = 2 * 2 * 1
+    assert counts == Counter(
+        synthesize=1,
+        base_model=2,
+        train_bio=2,
+        train=runs,
+        evaluate=runs,
+        dump_trace=runs,
+        ablate=runs,
+        aggregate=1,
+        plots=1,
+        all=1,
+    )
+
+
+def test_paper_config_replaces_the_tiny_models(scratch):
+    proc = snakemake("-n", "--configfile", "config/paper.yaml", cwd=scratch)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "model=llama_3_2_1b" in proc.stdout and "model=pythia_2_8b" in proc.stdout
+    assert "tiny" not in " ".join(re.findall(r"wildcards: .*", proc.stdout))
+
+
+def test_gpu_resource_does_not_block_a_local_run(ci_run):
+    """The GPU rules declare gpu=1, yet `--cores 2` without --resources ran them (on the CPU)."""
+    log = (ci_run / "run.log").read_text()
+    assert re.search(r"rule train:(.|\n)*?resources: .*gpu=1", log), "train did not declare gpu=1"
+    assert (ci_run / "results/benchmarks/train/llama_tiny/mix/seed0.tsv").is_file()
+
+
+# ---- incremental reruns on a finished tree (the CI study, run once for real) ---------------
+
+
+def test_outputs_land_where_the_contract_says(ci_run):
+    r = ci_run / "results"
+    for path in [
+        "data/bio.parquet",
+        "data/qa.parquet",
+        "data/people.parquet",
+        "models/llama_tiny/base/config.json",
+        "runs/llama_tiny/stage/seed0/bio/trace.safetensors",
+        "runs/llama_tiny/stage/seed0/bio/train_log.parquet",
+        "runs/neox_tiny/mix/seed0/final/config.json",
+        "runs/neox_tiny/mix/seed0/trace.safetensors",
+        "runs/neox_tiny/stage/seed0/predictions.parquet",
+        "runs/neox_tiny/stage/seed0/ablation.parquet",
+        "tables/accuracy.parquet",
+        "tables/ablation.parquet",
+        "crosstrace.duckdb",
+        "figures/accuracy.png",
+    ]:
+        assert (r / path).exists(), path
+    parts = list(
+        (r / "trace/model=llama_tiny/strategy=stage/seed=0/task=qa").glob("part-*.parquet")
+    )
+    assert parts
+
+
+def test_finished_tree_has_nothing_to_do(ci_run):
+    proc = snakemake("-n", "--configfile", "config/ci.yaml", cwd=ci_run)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_changing_a_plot_setting_reruns_only_the_plots(ci_run, tmp_path):
+    overlay = tmp_path / "dpi.yaml"
+    overlay.write_text("plots:\n  dpi: 61\n")
+    assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(plots=1, all=1)
+
+
+def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
+    overlay = tmp_path / "seed.yaml"
+    overlay.write_text("seeds: [0, 1]\n")
+    new_runs = 2 * 2  # models x strategies, for seed 1 only
+    assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(
+        train_bio=2,
+        train=new_runs,
+        evaluate=new_runs,
+        dump_trace=new_runs,
+        ablate=new_runs,
+        aggregate=1,
+        plots=1,
+        all=1,
+    )
+
+
+def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
+    overlay = tmp_path / "model.yaml"
+    overlay.write_text(
+        "models:\n  extra_tiny:\n    tiny: {arch: llama, layers: 1, hidden: 16, heads: 2, "
+        "intermediate: 32}\n"
+    )
+    assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(
+        base_model=1,
+        train_bio=1,
+        train=2,
+        evaluate=2,
+        dump_trace=2,
+        ablate=2,
+        aggregate=1,
+        plots=1,
+        all=1,
+    )
+
+
+def test_changing_qa_epochs_keeps_the_shared_bio_stage(ci_run, tmp_path):
+    """qa_epochs is a QA-stage setting: the BIO stage and the mixed runs stay."""
+    overlay = tmp_path / "qa.yaml"
+    overlay.write_text("training:\n  qa_epochs: 2\n")
+    counts = dry_run(ci_run, "config/ci.yaml", str(overlay))
+    assert counts["train_bio"] == 0
+    assert counts["train"] == 2  # the two stage runs, not the mix runs
+    assert counts["synthesize"] == counts["base_model"] == 0
+
+
+def test_report_gathers_every_figure_with_its_caption(ci_run):
+    proc = snakemake(
+        "--report", "results/report.html", "--configfile", "config/ci.yaml", cwd=ci_run
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "ERROR" not in proc.stdout, proc.stdout[-3000:]  # docutils errors in captions
+    html = (ci_run / "results/report.html").read_text()
+    for stem in (
+        "accuracy",
+        "shared_by_layer_module",
+        "shared_head_heatmap",
+        "overlap_vs_k",
+        "ablation",
+    ):
+        assert f"{stem}.png" in html, stem
+        caption = (REPO / f"workflow/report/{stem}.rst").read_text().split()[0]
+        assert caption in html, stem
+
+
+# ---- conda environments ------------------------------------------------------------------
+
+# conda-forge names of pip packages, where they differ
+CONDA_TO_PIP = {"pytorch": "torch", "python-duckdb": "duckdb", "matplotlib-base": "matplotlib"}
+# the driver's packages: Snakemake itself runs outside the job environments
+DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def test_conda_envs_name_the_pyproject_dependencies():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = {_name(d) for d in pyproject["project"]["dependencies"]} - DRIVER_ONLY
+    envs = sorted((REPO / "envs").glob("*.yaml"))
+    assert envs
+    for env in envs:
+        spec = yaml.safe_load(env.read_text())
+        assert spec["channels"][0] == "conda-forge"
+        deps = [d for d in spec["dependencies"] if isinstance(d, str)]
+        names = {CONDA_TO_PIP.get(_name(d), _name(d)) for d in deps} - {"python"}
+        assert names == wanted, f"{env.name}: missing {wanted - names}, extra {names - wanted}"
+
+
+def test_every_rule_uses_an_existing_env():
+    for smk in (REPO / "rules").glob("*.smk"):
+        for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()):
+            assert (smk.parent / env).resolve().is_file(), f"{smk.name}: {env}"
+
+
+# ---- the SLURM profile (parsed here; run for real in test_slurm.py) -----------------------
+
+
+def test_slurm_profile_is_found_from_the_repo_root():
+    link = REPO / "slurm"
+    assert link.is_symlink() and link.resolve() == (REPO / "profiles/slurm").resolve()
+    profile = yaml.safe_load((link / "profile.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["slurm-requeue"] is True and profile["retries"] >= 1
+    assert profile["slurm-logdir"]
+    for rule in GPU_RULES:
+        res = profile["set-resources"][rule]
+        assert res["gpu"] == 1 and res["cpus_per_task"] >= 1, rule
+        assert "attempt" in str(res["runtime"]), rule

@@ -1,0 +1,21 @@
+"""Adapter: dump one run's trace to hive-partitioned Parquet (rules/trace.smk)."""
+
+import logging
+import sys
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
+logging.basicConfig(
+    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+)
+
+from crosstrace.dump import dump_trace  # noqa: E402
+
+# The library writes <trace_root>/model=…/strategy=…/seed=…, which is this rule's output.
+dump_trace(
+    snakemake.input.trace,
+    snakemake.input.model,
+    snakemake.params.trace_root,
+    **snakemake.params.run,
+    top_percent=snakemake.params.top_percent,
+    rank_modules=snakemake.params.rank_modules,
+)
