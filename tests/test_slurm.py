@@ -99,11 +99,19 @@ def test_gpu_rules_got_the_stand_in_gpu(slurm_run):
             ["scontrol", "show", "job", jobid], capture_output=True, text=True, check=True
         ).stdout
         assert "JobState=COMPLETED" in info, info
-        assert "gres/gpu=1" in info and "Partition=gpu" in info, info
+        # --gpus=1 shows as TresPerJob=gres:gpu:1 (AllocTRES lists gres only with accounting)
+        assert re.search(r"gres[:/]gpu[:=]1", info) and "Partition=gpu" in info, info
     info = subprocess.run(
         ["scontrol", "show", "job", cpu_jobs[0]], capture_output=True, text=True, check=True
     ).stdout
-    assert "gres/gpu" not in info
+    assert not re.search(r"gres[:/]gpu", info), info
+
+
+def test_gpu_jobs_fell_back_to_the_cpu(slurm_run):
+    """The stand-in GPU has no CUDA behind it: device auto must pick the CPU, not fail."""
+    root, _ = slurm_run
+    log = (root / "results/logs/train/llama_tiny/mix/seed0.log").read_text()
+    assert re.search(r"device cpu", log), log[-2000:]
 
 
 def _frame(root: Path, path: str) -> pd.DataFrame:

@@ -159,8 +159,13 @@ def ablate_run(
     Columns: model, strategy, seed, k_percent, condition, n_reset, split, n, accuracy.
     """
     from crosstrace.devices import resolve_device
+    from crosstrace.errors import ConfigError
     from crosstrace.trace import load_trace
+    from crosstrace.world import read_qa
 
+    bad = [k for k in k_percent if not 0 < float(k) <= 100]
+    if bad or not k_percent:
+        raise ConfigError(f"analysis.k_percent: every k must be in (0, 100], got {list(k_percent)}")
     dev = resolve_device(device)
     net, tokenizer = _load_model(model_dir, dev)
     base_net, _ = _load_model(base_dir, "cpu")
@@ -168,7 +173,7 @@ def ablate_run(
     del base_net
     final = {n: p.detach().cpu().clone() for n, p in net.named_parameters()}
     trace = load_trace(trace_path)
-    qa = pd.read_parquet(qa_path)
+    qa = read_qa(qa_path)
     pmap = ParamMap(net.config)
 
     rows = []

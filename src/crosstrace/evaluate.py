@@ -14,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from crosstrace.atomic import atomic_file
 from crosstrace.devices import resolve_device
-from crosstrace.models import load_model
+from crosstrace.errors import CrosstraceError
+from crosstrace.models import count_parameters, load_model
 from crosstrace.world import qa_prompt, qa_target, read_qa
 
 SPLIT_NAMES = {"train": "id", "test": "ood"}
@@ -124,14 +125,23 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Predict every QA row with the model in ``model_dir``; write predictions to Parquet."""
     model, tokenizer = load_model(model_dir, resolve_device(device))
-    predictions = predict(
-        model,
-        tokenizer,
-        read_qa(qa_path),
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=True,
-    )
+    qa = read_qa(qa_path)
+    try:
+        predictions = predict(
+            model,
+            tokenizer,
+            qa,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=True,
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        n = count_parameters(model)
+        raise CrosstraceError(
+            f"CUDA out of memory while evaluating {model_dir}: model has {n / 1e6:.1f}M "
+            f"parameters, evaluation batch_size={batch_size}, max_new_tokens={max_new_tokens}. "
+            "Lower evaluation.batch_size, or use a GPU with more memory."
+        ) from exc
     with atomic_file(out_path) as tmp:
         predictions.to_parquet(tmp, index=False)
     table = summarize(predictions)

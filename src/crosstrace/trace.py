@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crosstrace.atomic import atomic_file
@@ -128,6 +128,6 @@ def load_trace(path: str | os.PathLike[str]) -> dict[str, dict[str, torch.Tensor
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 task, name = key.split("/", 1)
                 out.setdefault(task, {})[name] = handle.get_tensor(key)
-    except (OSError, ValueError) as exc:  # safetensors raises these on truncated files
+    except (OSError, ValueError, SafetensorError) as exc:  # truncated or not safetensors
         raise InputDataError(f"trace file {file} is unreadable or truncated: {exc}") from exc
     return out

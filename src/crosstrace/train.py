@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -329,7 +330,7 @@ def train_run(
         total=end,
         desc=f"train {phase}",
         disable=not progress,
-        mininterval=2.0,
+        mininterval=2.0 if sys.stderr.isatty() else 30.0,  # a log file: a line every 30 s
     )
     try:
         with stopper.installed():

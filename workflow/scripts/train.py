@@ -27,5 +27,5 @@ train_run(
     seed=int(snakemake.wildcards.seed),
     device=snakemake.params.device,
     init_trace=snakemake.params.init_trace,
-    progress=False,
+    progress=True,  # tqdm to the log: steps done, rate, losses
 )

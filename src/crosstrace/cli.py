@@ -1,0 +1,153 @@
+"""``crosstrace``: the library's steps from a shell, outside Snakemake (one subcommand each).
+
+Exit codes: 0 done, 2 a user-facing problem (``crosstrace: error: …`` on stderr),
+75 (EX_TEMPFAIL) preempted after writing a checkpoint: rerun the same command to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crosstrace.errors import ConfigError, CrosstraceError
+
+
+def load_config(path: str) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def _synthesize(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from crosstrace.world import synthesize_world
+
+    out = Path(args.out_dir)
+    synthesize_world(
+        cfg.get("world") or {}, out / "bio.parquet", out / "qa.parquet", out / "people.parquet"
+    )
+
+
+def _build_base(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from crosstrace.models import build_base
+
+    models = cfg.get("models") or {}
+    if args.model not in models:
+        raise ConfigError(f"model {args.model!r} is not in the config's models: {sorted(models)}")
+    single = bool((cfg.get("world") or {}).get("single_token_names", True))
+    build_base(
+        models[args.model], args.data_dir, args.out, seed=args.seed, single_token_names=single
+    )
+
+
+def _train(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from crosstrace.train import train_run
+
+    result = train_run(
+        args.init,
+        args.out,
+        args.trace_out,
+        args.log_out,
+        phase=args.phase,
+        data_dir=args.data_dir,
+        training=cfg.get("training") or {},
+        trace=cfg.get("trace") or {},
+        seed=args.seed,
+        device=args.device or cfg.get("device", "auto"),
+        init_trace=args.init_trace,
+        checkpoint_dir=args.checkpoint_dir,
+        progress=False,
+        max_steps=args.max_steps,
+    )
+    logging.getLogger("crosstrace").info("train done: %s", result)
+
+
+def _evaluate(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from crosstrace.evaluate import evaluate_run
+
+    ev = cfg.get("evaluation") or {}
+    acc = evaluate_run(
+        args.model_dir,
+        args.qa,
+        args.out,
+        batch_size=int(ev.get("batch_size", 1024)),
+        max_new_tokens=int(ev.get("max_new_tokens", 12)),
+        device=args.device or cfg.get("device", "auto"),
+    )
+    print(" ".join(f"{split}={value:.4f}" for split, value in acc.items()))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crosstrace", description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, func, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--config", required=True, help="YAML config (same keys as config.yaml)")
+        s.set_defaults(func=func)
+        return s
+
+    s = cmd("synthesize", _synthesize, "write bio/qa/people Parquet of the config's world")
+    s.add_argument("--out-dir", required=True)
+    s = cmd("build-base", _build_base, "write θ0 of one model of the config")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s = cmd("train", _train, "train one phase (resumes from its newest checkpoint)")
+    s.add_argument("--phase", required=True, choices=("bio", "qa", "mix"))
+    s.add_argument("--init", required=True, help="model folder to start from")
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--out", required=True, help="final model folder")
+    s.add_argument("--trace-out", required=True)
+    s.add_argument("--log-out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", help="auto | cpu | cuda (default: the config's device)")
+    s.add_argument("--init-trace")
+    s.add_argument("--checkpoint-dir")
+    s.add_argument("--max-steps", type=int)
+    s = cmd("evaluate", _evaluate, "predict every QA row; write predictions Parquet")
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--qa", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    from crosstrace.train import EXIT_PREEMPTED, Preempted
+
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        args.func(args, load_config(args.config))
+    except Preempted as exc:
+        print(f"crosstrace: preempted: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except CrosstraceError as exc:
+        print(f"crosstrace: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
