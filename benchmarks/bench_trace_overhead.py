@@ -62,6 +62,7 @@ def llama_1b_setup(device: torch.device, batch: int, seq: int):
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B))
+    model.to(device)  # transformers may build on the CPU whatever the default device is
     training = TrainingConfig(optimizer="adamw", lr=1e-5, max_grad_norm=1.0)
     half = batch // 2
 

@@ -125,6 +125,7 @@ def main() -> None:
     spec = yaml.safe_load(args.trials.read_text())
     base = yaml.safe_load(Path(spec.get("base", "config.yaml")).read_text())
     base["model"] = next(iter(base["models"].values()))
+    base = merge(base, spec.get("common") or {})  # pins what config.yaml had when the trials ran
     for name, over in spec["trials"].items():
         if args.only and name not in args.only:
             continue

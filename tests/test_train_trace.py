@@ -132,7 +132,7 @@ def test_mix_bio_delta_matches_per_example_reference(
         qa_ratio=0.5,
     )
     steps = 3
-    # the trained run: shorten the epoch to exactly 3 steps by the schedule of a 3-step plan
+    # the lr schedule spans the whole one-epoch plan; only its first 3 steps are taken
     lr_factor = warmup_cosine(plan.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     ref = {
         task: {n: torch.zeros_like(p) for n, p in model.named_parameters()}
@@ -163,7 +163,7 @@ def test_mix_bio_delta_matches_per_example_reference(
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p -= lr * total[n]
-    # train the same plan for 3 steps: a budget of 3 steps = 3 * batch 8 BIO examples
+    # the traced run: the same plan, stopped after the same 3 steps
     final, trace_path = run(base, world, tmp_path, "mix", {**SGD, "batch_size": 8}, max_steps=steps)
     delta = load_trace(trace_path)
     for task in ("bio", "qa"):
@@ -188,3 +188,27 @@ def test_same_seed_same_weights_other_seed_differs(base: Path, world: Path, tmp_
     a, b, c = (load_file(str(d / "model.safetensors")) for d in (one, two, three))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_posthoc_trace_is_the_task_gradient(base: Path, world: Path, tmp_path: Path) -> None:
+    """Post-hoc Δ_task equals the gradient of the task's mean token loss, one example at a time."""
+    from crosstrace.posthoc import posthoc_trace
+
+    out = tmp_path / "posthoc.safetensors"
+    posthoc_trace(base, world, out, batch_size=5, progress=False)
+    delta = load_trace(out)
+    model, tokenizer = load_model(base)
+    examples = training_examples(
+        read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet"), tokenizer
+    )
+    for task in ("bio", "qa"):
+        ex = examples[task]
+        total = int(ex.supervised_tokens.sum())
+        model.zero_grad(set_to_none=True)
+        for ids, labels in zip(ex.input_ids, ex.labels, strict=True):
+            logits = model(input_ids=torch.as_tensor(ids)[None]).logits
+            loss = F.cross_entropy(
+                logits[0, :-1], torch.as_tensor(labels)[1:], ignore_index=IGNORE, reduction="sum"
+            )
+            (loss / total).backward()
+        assert_close(delta[task], {n: p.grad for n, p in model.named_parameters()})

@@ -106,6 +106,7 @@ BAD_CONFIGS = {
         "does not match",
     ),
     "dump_top_percent_zero": ("trace:\n  dump_top_percent: 0\n", "trace.dump_top_percent"),
+    "trace_disabled": ("trace:\n  enabled: false\n", "config key 'trace.enabled'"),
 }
 
 

@@ -89,6 +89,19 @@ def _evaluate(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     print(" ".join(f"{split}={value:.4f}" for split, value in acc.items()))
 
 
+def _posthoc_trace(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    from crosstrace.posthoc import posthoc_trace
+
+    posthoc_trace(
+        args.model_dir,
+        args.data_dir,
+        args.out,
+        batch_size=int((cfg.get("training") or {}).get("batch_size", 64)),
+        device=args.device or cfg.get("device", "auto"),
+        progress=False,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crosstrace", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -123,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir", required=True)
     s.add_argument("--qa", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--device")
+    s = cmd("posthoc-trace", _posthoc_trace, "task gradients at a finished model (no trace kept)")
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--out", required=True, help="trace.safetensors to write")
     s.add_argument("--device")
     return p
 

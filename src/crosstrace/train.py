@@ -150,6 +150,8 @@ class _StopSignal:
 class Preempted(CrosstraceError):
     """Training stopped on a signal after writing a checkpoint; rerunning resumes it."""
 
+    exit_code = EXIT_PREEMPTED
+
 
 def _fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

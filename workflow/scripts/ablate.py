@@ -1,18 +1,11 @@
 """Adapter: ablation of shared top-k parameters vs controls for one run (rules/ablate.smk)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
-
-import torch  # noqa: E402
+start_job(snakemake.log[0], snakemake.threads)
 
 from crosstrace.ablate import ablate_run  # noqa: E402
 
-torch.set_num_threads(snakemake.threads)
 ablate_run(
     snakemake.input.model,
     snakemake.input.base,

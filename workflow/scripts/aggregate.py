@@ -1,12 +1,8 @@
 """Adapter: results/crosstrace.duckdb and the tables it exports (rules/aggregate.smk)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
+start_job(snakemake.log[0])
 
 from crosstrace.database import build_database  # noqa: E402
 

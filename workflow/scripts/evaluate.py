@@ -1,18 +1,11 @@
 """Adapter: QA predictions of one run (rules/evaluate.smk)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
-
-import torch  # noqa: E402
+start_job(snakemake.log[0], snakemake.threads)
 
 from crosstrace.evaluate import evaluate_run  # noqa: E402
 
-torch.set_num_threads(snakemake.threads)
 evaluate_run(
     snakemake.input.model,
     snakemake.input.qa,

@@ -1,12 +1,8 @@
 """Adapter: the seaborn figures (rules/plots.smk)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
+start_job(snakemake.log[0])
 
 from crosstrace.plots import make_figures  # noqa: E402
 

@@ -1,12 +1,8 @@
 """Adapter: synthesize the bioS fact world (rules/synthesize.smk)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
+start_job(snakemake.log[0])
 
 from crosstrace.world import synthesize_world  # noqa: E402
 

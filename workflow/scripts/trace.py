@@ -1,12 +1,8 @@
 """Adapter: dump one run's trace to hive-partitioned Parquet (rules/trace.smk)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
+start_job(snakemake.log[0])
 
 from crosstrace.dump import dump_trace  # noqa: E402
 

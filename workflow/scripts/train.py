@@ -1,20 +1,13 @@
 """Adapter: one training phase, bio | qa | mix (rules/train.smk: train_bio and train)."""
 
-import logging
-import sys
+from crosstrace.joblog import start_job
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115
-logging.basicConfig(
-    stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-)
+start_job(snakemake.log[0], snakemake.threads)
 
 import os  # noqa: E402
 
-import torch  # noqa: E402
-
 from crosstrace.train import train_run  # noqa: E402
 
-torch.set_num_threads(snakemake.threads)
 train_run(
     snakemake.input.init,
     snakemake.output.model,

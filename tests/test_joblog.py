@@ -1,0 +1,41 @@
+"""Job scripts end a user error with one readable line and the right exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """
+import logging, sys
+from crosstrace.joblog import start_job
+start_job(sys.argv[1])
+logging.getLogger("job").info("started")
+from crosstrace.errors import InputDataError
+from crosstrace.train import Preempted
+raise {error}("qa.parquet is truncated")
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [("InputDataError", 2), ("Preempted", 75), ("KeyError", 1)]
+)
+def test_error_exit_code_and_log(tmp_path: Path, error: str, code: int) -> None:
+    log = tmp_path / "job.log"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(error=error), str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == code
+    text = log.read_text()
+    assert "started" in text
+    assert "qa.parquet is truncated" in text
+    if code == 1:  # not a user error: the full traceback stays
+        assert "Traceback" in text
+    else:
+        assert "Traceback" not in text
+        assert "crosstrace: error: qa.parquet is truncated" in proc.stderr
