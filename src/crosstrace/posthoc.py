@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from crosstrace.batches import IGNORE, collate, training_examples
+from crosstrace.batches import collate, training_examples
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.models import load_model
 from crosstrace.trace import TASKS, save_trace
+from crosstrace.train import token_loss_sum
 from crosstrace.world import read_bio, read_qa
 
 
@@ -58,13 +58,7 @@ def posthoc_trace(
                 logits = model(
                     input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev)
                 ).logits
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(),
-                labels[:, 1:].flatten(),
-                ignore_index=IGNORE,
-                reduction="sum",
-            )
-            (loss / total).backward()
+            (token_loss_sum(logits, labels) / total).backward()
         deltas[task] = {
             n: (p.grad.detach().float().cpu() if p.grad is not None else torch.zeros(p.shape))
             for n, p in params

@@ -168,6 +168,18 @@ def _oom_message(model: torch.nn.Module, cfg: TrainingConfig) -> str:
     )
 
 
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised positions.
+
+    The labels are shifted (padded with IGNORE) rather than the logits sliced, which would copy
+    the whole [batch, length, vocab] tensor on every micro-batch.
+    """
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
 def optimizer_step(
     model: torch.nn.Module,
     batches: list[MicroBatch],
@@ -193,12 +205,7 @@ def optimizer_step(
         labels = mb.labels.to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            labels[:, 1:].flatten(),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        loss = token_loss_sum(logits, labels)
         (loss / n_supervised).backward()
         loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
         tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
