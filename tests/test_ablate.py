@@ -111,7 +111,13 @@ def test_ablate_run_table(tmp_path, monkeypatch):
         metadata={"format": "crosstrace-trace/1", "tasks": "bio,qa"},
     )
     pd.DataFrame(
-        {"question": ["q1", "q2"], "answer": ["a", "b"], "split": ["train", "test"]}
+        {
+            "person_id": pd.array([0, 1], dtype="int32"),
+            "attribute": ["major", "major"],
+            "question": ["q1", "q2"],
+            "answer": ["a", "b"],
+            "split": ["train", "test"],
+        }
     ).to_parquet(tmp_path / "qa.parquet")
     seen = []
 
