@@ -1,9 +1,10 @@
 rule ablate:
-    """Reset the shared top-k parameters to θ0 and re-evaluate, beside three controls."""
+    """Reset the shared top-k parameters to θ0 and re-evaluate, beside matched controls."""
     input:
+        unpack(rank_traces),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
         base=res("models/{model}/base"),
-        trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
+        ranking=res("runs/{model}/{strategy}/seed{seed}/ranking.parquet"),
         qa=DATA["qa"],
     output:
         ablation=res("runs/{model}/{strategy}/seed{seed}/ablation.parquet"),
@@ -24,11 +25,10 @@ rule ablate:
             "strategy": wc.strategy,
             "seed": int(wc.seed),
         },
-        k_percent=config["analysis"]["k_percent"],
-        rank_modules=config["trace"]["rank_modules"],
+        settings=rank_settings(),
+        draws=config["analysis"]["ablation_draws"],
         ablation_seed=config["analysis"]["ablation_seed"],
         batch_size=config["evaluation"]["batch_size"],
-        max_new_tokens=config["evaluation"]["max_new_tokens"],
         device=config["device"],
     script:
         "../workflow/scripts/ablate.py"

@@ -1,9 +1,11 @@
 rule aggregate:
-    """DuckDB over the Parquet trace: accuracy, thresholds, shared counts, overlap,
-    concentration and ablation tables, exported to results/tables/*.parquet."""
+    """DuckDB: the trace view, the ranking tables, overlap against the stratified null,
+    concentration, ablation and summaries over seeds, exported to results/tables/*.parquet.
+    """
     input:
         traces=all_trace_dumps(),
         predictions=all_predictions(),
+        rankings=all_ranking_files(),
         ablations=all_ablations(),
     output:
         **{t: res(f"tables/{t}.parquet") for t in TABLES},
@@ -21,12 +23,18 @@ rule aggregate:
     params:
         trace_root=lambda wc, input: trace_root_of(input.traces[0]),
         tables_dir=lambda wc, output: os.path.dirname(output.accuracy),
-        runs=lambda wc, input: [
-            (m, s, seed, path)
-            for (m, s, seed), path in zip(all_runs(), input.predictions)
+        runs=lambda wc: [
+            {
+                "run": {"model": m, "strategy": s, "seed": seed},
+                "predictions": os.path.join(
+                    run_dir(m, s, seed), "predictions.parquet"
+                ),
+                **ranking_files(m, s, seed),
+                "ablation": os.path.join(run_dir(m, s, seed), "ablation.parquet"),
+            }
+            for m, s, seed in all_runs()
         ],
-        k_percent=config["analysis"]["k_percent"],
-        rank_modules=config["trace"]["rank_modules"],
+        settings=rank_settings(),
         memory_limit=config["analysis"]["duckdb_memory_limit"],
     script:
         "../workflow/scripts/aggregate.py"

@@ -60,15 +60,22 @@ FIGURES = [
     "shared_by_layer_module",
     "shared_head_heatmap",
     "overlap_vs_k",
+    "concentration",
     "ablation",
 ]
 TABLES = [
     "accuracy",
-    "thresholds",
+    "ranking",
     "shared_counts",
     "overlap",
     "concentration",
     "ablation",
+    "ablation_draws",
+    "definition_agreement",
+    "accuracy_summary",
+    "overlap_summary",
+    "concentration_summary",
+    "ablation_summary",
 ]
 
 
@@ -113,8 +120,20 @@ def training_params(phase):
 
 
 def trace_params():
-    """The `trace` keys training uses (dump_top_percent and rank_modules belong to analysis)."""
+    """The `trace` keys training uses (dump_top_percent belongs to the dump)."""
     return {k: config["trace"][k] for k in ("enabled", "offload_cpu")}
+
+
+def rank_settings():
+    """The `analysis` keys that define the top-k sets (crosstrace.rank.RankSettings)."""
+    a = config["analysis"]
+    return {
+        "k_percent": a["k_percent"],
+        "rank_modules": a["rank_modules"],
+        "rank_params": a["rank_params"],
+        "scopes": a["rank_scope"],
+        "definitions": a["definitions"],
+    }
 
 
 def phase_of(wildcards):
@@ -170,6 +189,35 @@ def all_trace_dumps():
     return [
         res(f"trace/model={m}/strategy={s}/seed={seed}") for m, s, seed in all_runs()
     ]
+
+
+TRACE_OF_DEFINITION = {
+    "trajectory": "trace.safetensors",
+    "endpoint": "endpoint_trace.safetensors",
+}
+
+
+def rank_traces(wildcards):
+    """{definition: trace file} of one run, for the definitions the config ranks."""
+    folder = run_dir(wildcards.model, wildcards.strategy, wildcards.seed)
+    return {
+        d: os.path.join(folder, TRACE_OF_DEFINITION[d])
+        for d in config["analysis"]["definitions"]
+    }
+
+
+def ranking_files(model, strategy, seed):
+    """The ranking stage's three outputs of one run (wildcard strings allowed)."""
+    folder = run_dir(model, strategy, seed)
+    return {
+        "ranking": os.path.join(folder, "ranking.parquet"),
+        "cells": os.path.join(folder, "ranking_cells.parquet"),
+        "agreement": os.path.join(folder, "ranking_agreement.parquet"),
+    }
+
+
+def all_ranking_files():
+    return [p for run in all_runs() for p in ranking_files(*run).values()]
 
 
 def all_ablations():

@@ -28,6 +28,5 @@ rule dump_trace:
             "seed": int(wc.seed),
         },
         top_percent=config["trace"]["dump_top_percent"],
-        rank_modules=config["trace"]["rank_modules"],
     script:
         "../workflow/scripts/trace.py"

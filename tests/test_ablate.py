@@ -1,206 +1,196 @@
-"""Ablation resets exactly the chosen elements: compared elementwise against θ0 and θT."""
+"""Ablation: the ablated sets are the ranked sets, the controls are matched, resets are exact,
+and teacher-forced scoring equals greedy exact match."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from test_rank import net, random_trace
 
-import crosstrace.ablate as ablate
-from crosstrace.ablate import condition_masks, reset_parameters
-from crosstrace.dump import topk_count
-from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULES, ParamMap
+from crosstrace.ablate import (
+    Population,
+    ablate_run,
+    condition_masks,
+    reset_parameters,
+    strata_ids,
+)
+from crosstrace.evaluate import predict
+from crosstrace.models import build_base, load_model
+from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULE_CODE, NO_HEAD, NO_NEURON, ParamMap
+from crosstrace.rank import RankSettings, Run, TraceDict, rank_run, rank_traces
+from crosstrace.scoring import qa_exact_match, qa_examples
+from crosstrace.train import train_run
+from crosstrace.world import read_qa, synthesize_world
 
-CFG = dict(
-    vocab_size=40,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=24,
+SETTINGS = RankSettings(
+    k_percent=(1.0, 5.0, 20.0),
+    rank_modules=DEFAULT_RANK_MODULES,
+    scopes=("global", "per_tensor"),
+    definitions=("trajectory",),
 )
 
 
-def _pair():
-    torch.manual_seed(0)
-    theta0 = LlamaForCausalLM(LlamaConfig(**CFG))
-    torch.manual_seed(1)
-    theta_t = LlamaForCausalLM(LlamaConfig(**CFG))
-    for p in theta_t.parameters():
-        torch.nn.init.normal_(p)  # no element equal to θ0 by chance
-    gen = torch.Generator().manual_seed(2)
-    trace = {
-        task: {n: torch.randn(p.shape, generator=gen) for n, p in theta_t.named_parameters()}
-        for task in ("bio", "qa")
-    }
-    return theta0, theta_t, trace
+@pytest.fixture(scope="module", params=["llama", "gpt_neox"])
+def ranked(request):
+    model = net(request.param)
+    trace = random_trace(model, seed=2, scales=lambda i: 10.0 ** (i % 2), correlated=0.6)
+    pmap = ParamMap(model.config)
+    out = rank_traces({"trajectory": TraceDict(trace)}, pmap, SETTINGS)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return model, trace, pmap, out, shapes
 
 
-def _numpy_sets(trace, pmap, k):
-    """Top-k sets recomputed independently in numpy (sort, K-th largest)."""
-    ranked = {
-        n: pmap.spec(n, tuple(t.shape)).ranked_mask(DEFAULT_RANK_MODULES)
-        for n, t in trace["bio"].items()
-    }
-    sets = {}
-    for task in ("bio", "qa"):
-        a = np.concatenate([trace[task][n].abs().numpy()[m] for n, m in ranked.items()])
-        thr = np.sort(a)[::-1][topk_count(k, a.size) - 1]
-        sets[task] = {n: (trace[task][n].abs().numpy() >= thr) & m for n, m in ranked.items()}
-    return ranked, sets
+def sets(ranked, scope, k, draws=5):
+    _, trace, pmap, out, shapes = ranked
+    return condition_masks(
+        TraceDict(trace), pmap, out["ranking"], SETTINGS, definition="trajectory", scope=scope,
+        k=k, shapes=shapes, draws=draws, seed=[0, 0],
+    )  # fmt: skip
 
 
+def per_cell(pmap, shapes, masks):
+    """Counts per (param, module, head, neuron) of a set of masks, element by element."""
+    rows = []
+    for name, m in masks.items():
+        cols = pmap.spec(name, shapes[name]).columns()
+        flat = m.reshape(-1)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "param": name,
+                    "module": cols["module"][flat],
+                    "head": cols["head"][flat],
+                    "neuron": cols["neuron"][flat],
+                }
+            )
+        )
+    df = pd.concat(rows)
+    return df.value_counts().sort_index()
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
 @pytest.mark.parametrize("k", [1.0, 5.0, 20.0])
-def test_masks_match_numpy_and_reset_is_exact(k):
-    theta0, theta_t, trace = _pair()
-    pmap = ParamMap(theta_t.config)
-    masks = condition_masks(trace, pmap, k, seed=[0, 0, int(k)])
-    ranked, sets = _numpy_sets(trace, pmap, k)
-    shared = {n: sets["bio"][n] & sets["qa"][n] for n in ranked}
-    want = {
-        "shared": shared,
-        "bio_only": {n: sets["bio"][n] & ~shared[n] for n in ranked},
-        "qa_only": {n: sets["qa"][n] & ~shared[n] for n in ranked},
-    }
-    for cond, expected in want.items():
-        for n in ranked:
-            got = masks[cond][n].numpy() if n in masks[cond] else np.zeros_like(expected[n])
-            assert np.array_equal(got, expected[n]), (cond, n)
-    n_shared = sum(int(m.sum()) for m in shared.values())
-    n_random = sum(int(m.sum()) for m in masks["random"].values())
-    assert n_random == n_shared
-    for n, m in masks["random"].items():
-        assert not (m.numpy() & ~ranked[n]).any()  # only ranked elements are drawn
+def test_the_ablated_shared_set_is_the_counted_one(ranked, scope, k):
+    _, _, pmap, out, shapes = ranked
+    shared = sets(ranked, scope, k)[("shared", 0)]
+    got = per_cell(pmap, shapes, shared)
+    cells = out["cells"]
+    cells = cells[(cells["scope"] == scope) & (cells["k_percent"] == k) & (cells["n_shared"] > 0)]
 
+    want = pd.Series(
+        cells["n_shared"].to_numpy(),
+        index=pd.MultiIndex.from_arrays(
+            [
+                cells["param"],
+                cells["module"].map(MODULE_CODE),
+                cells["head"].fillna(NO_HEAD).astype(int),
+                cells["neuron"].fillna(NO_NEURON).astype(int),
+            ],
+            names=["param", "module", "head", "neuron"],
+        ),
+    ).sort_index()
+    assert got.to_numpy().tolist() == want.to_numpy().tolist()
+    assert [tuple(map(str, i)) for i in got.index] == [tuple(map(str, i)) for i in want.index]
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_controls_match_the_shared_set_stratum_by_stratum(ranked, scope):
+    _, _, pmap, _, shapes = ranked
+    masks = sets(ranked, scope, 5.0)
+    pop = Population.of(pmap, shapes, SETTINGS)
+    shared = masks[("shared", 0)]
+
+    def strata_counts(m):
+        out = {}
+        for name, mask in m.items():
+            ids, n = np.unique(strata_ids(pmap, name, shapes[name])[mask.reshape(-1)],
+                               return_counts=True)  # fmt: skip
+            out.update({(name, int(i)): int(c) for i, c in zip(ids, n, strict=True)})
+        return out
+
+    want = strata_counts(shared)
+    for draw in range(5):
+        rnd = masks[("random", draw)]
+        assert strata_counts(rnd) == want  # random: exactly the shared set's counts
+        for name in rnd:
+            assert not (rnd[name] & shared[name]).any()
+            assert not (rnd[name] & ~pop.ranked[name]).any()
+        for control in ("bio_only", "qa_only"):
+            got = strata_counts(masks[(control, draw)])
+            assert all(got.get(s, 0) <= n for s, n in want.items())
+            assert set(got) <= set(want)
+    draws = [masks[("random", d)] for d in range(5)]
+    assert any((draws[0][n] != draws[1][n]).any() for n in draws[0])  # draws differ
+
+
+def test_reset_is_exact():
+    torch.manual_seed(0)
+    theta0, theta_t = net("llama"), net("llama")
+    for p in theta_t.parameters():
+        torch.nn.init.normal_(p)
     base = {n: p.detach().clone() for n, p in theta0.named_parameters()}
     final = {n: p.detach().clone() for n, p in theta_t.named_parameters()}
-    for cond in ("shared", "random", "bio_only", "qa_only"):
-        net = LlamaForCausalLM(LlamaConfig(**CFG))
-        net.load_state_dict(theta_t.state_dict())
-        n_reset = reset_parameters(net, base, masks[cond])
-        assert n_reset == sum(int(m.sum()) for m in masks[cond].values())
-        for name, p in net.named_parameters():
-            m = masks[cond].get(name, torch.zeros(p.shape, dtype=torch.bool))
-            assert torch.equal(p.detach()[m], base[name][m])
-            assert torch.equal(p.detach()[~m], final[name][~m])
-            if not ranked[name].any():
-                assert torch.equal(p.detach(), final[name])
+    rng = np.random.default_rng(0)
+    masks = {n: rng.random(tuple(p.shape)) < 0.1 for n, p in theta_t.named_parameters()}
+    n = reset_parameters(theta_t, base, masks)
+    assert n == sum(int(m.sum()) for m in masks.values())
+    for name, p in theta_t.named_parameters():
+        m = torch.from_numpy(masks[name])
+        assert torch.equal(p.detach()[m], base[name][m])
+        assert torch.equal(p.detach()[~m], final[name][~m])
 
 
-def test_random_control_is_seeded():
-    _, theta_t, trace = _pair()
-    pmap = ParamMap(theta_t.config)
-    a = condition_masks(trace, pmap, 5.0, seed=[0, 1])["random"]
-    b = condition_masks(trace, pmap, 5.0, seed=[0, 1])["random"]
-    c = condition_masks(trace, pmap, 5.0, seed=[9, 1])["random"]
-    assert all(torch.equal(a[n], b[n]) for n in a)
-    assert not all(torch.equal(a[n], c[n]) for n in a)
+# ---- on a trained model -------------------------------------------------------------------
 
 
-def test_ablate_run_table(tmp_path, monkeypatch):
-    theta0, theta_t, trace = _pair()
-    theta0.save_pretrained(tmp_path / "base")
-    theta_t.save_pretrained(tmp_path / "final")
-    from safetensors.torch import save_file
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny Llama that memorises part of a 24-person world (so scores are not all 0)."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data"
+    cfg = {"seed": 5, "n_people": 24, "qa_train_fraction": 0.5, "templates_per_attribute": 2}
+    synthesize_world(cfg, data / "bio.parquet", data / "qa.parquet", data / "people.parquet")
+    tiny = {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
+            "intermediate": 128}  # fmt: skip
+    build_base({"tiny": tiny}, data, root / "base", seed=0)
+    training = {"lr": 3e-3, "batch_size": 16, "mix_epochs": 25, "qa_ratio": 0.5,
+                "warmup_ratio": 0.05}  # fmt: skip
+    train_run(root / "base", root / "final", root / "trace.safetensors", root / "log.parquet",
+              phase="mix", data_dir=data, training=training, progress=False)  # fmt: skip
+    return root
 
-    save_file(
-        {f"{t}/{n}": v.contiguous() for t, d in trace.items() for n, v in d.items()},
-        tmp_path / "trace.safetensors",
-        metadata={"format": "crosstrace-trace/1", "tasks": "bio,qa"},
-    )
-    pd.DataFrame(
-        {
-            "person_id": pd.array([0, 1], dtype="int32"),
-            "attribute": ["major", "major"],
-            "question": ["q1", "q2"],
-            "answer": ["a", "b"],
-            "split": ["train", "test"],
-        }
-    ).to_parquet(tmp_path / "qa.parquet")
-    seen = []
 
-    def fake_load(path, device):
-        return LlamaForCausalLM.from_pretrained(path).to(device), None
+def test_teacher_forced_exact_match_equals_greedy(trained):
+    model, tokenizer = load_model(trained / "final")
+    qa = read_qa(trained / "data" / "qa.parquet")
+    greedy = predict(model, tokenizer, qa, batch_size=64, max_new_tokens=12)["exact_match"]
+    forced = qa_exact_match(model, qa_examples(qa, tokenizer), batch_size=50)
+    assert forced.tolist() == greedy.tolist()
+    assert 0 < forced.sum() < len(forced)  # a non-trivial comparison
 
-    def fake_predict(model, tokenizer, qa, *, batch_size, max_new_tokens):
-        # record how many elements differ from θT at evaluation time
-        ref = dict(theta_t.named_parameters())
-        moved = sum(int((p != ref[n]).sum()) for n, p in model.named_parameters())
-        seen.append(moved)
-        return pd.DataFrame({"split": ["id", "ood"], "exact_match": [moved == 0, True]})
 
-    monkeypatch.setattr(ablate, "_load_model", fake_load)
-    monkeypatch.setattr(ablate, "_predict", fake_predict)
-    df = ablate.ablate_run(
-        tmp_path / "final",
-        tmp_path / "base",
-        tmp_path / "trace.safetensors",
-        tmp_path / "qa.parquet",
-        tmp_path / "ablation.parquet",
-        model="llama_tiny",
-        strategy="mix",
-        seed=0,
-        k_percent=[1.0, 5.0],
-        device="cpu",
-    )
-    back = pd.read_parquet(tmp_path / "ablation.parquet")
-    assert list(back.columns) == [
-        "model",
-        "strategy",
-        "seed",
-        "k_percent",
-        "condition",
-        "n_reset",
-        "split",
-        "n",
-        "accuracy",
-    ]
-    assert len(back) == len(df) == 2 * 5 * 2
-    assert set(back["condition"]) == {"none", "shared", "random", "bio_only", "qa_only"}
+def test_ablate_run_table(trained):
+    run = Run("llama_tiny", "mix", 0)
+    outs = {o: trained / f"{o}.parquet" for o in ("ranking", "cells", "agreement")}
+    rank_run({"trajectory": trained / "trace.safetensors"}, trained / "final", outs, run=run,
+             settings=SETTINGS)  # fmt: skip
+    df = ablate_run(trained / "final", trained / "base",
+                    {"trajectory": trained / "trace.safetensors"}, outs["ranking"],
+                    trained / "data" / "qa.parquet", trained / "ablation.parquet", run=run,
+                    settings=SETTINGS, draws=2, device="cpu")  # fmt: skip
+    back = pd.read_parquet(trained / "ablation.parquet")
+    assert len(back) == len(df) == 2 * 3 * (2 + 3 * 2) * 2  # scopes × k × conditions × splits
     assert (back[back.condition == "none"]["n_reset"] == 0).all()
-    # each evaluation starts from θT: exactly n_reset elements differ (θT is restored between)
-    per_eval = back[back.split == "id"]
-    assert seen[0] == 0
-    assert seen[1:] == per_eval[per_eval.condition != "none"]["n_reset"].tolist()
-    assert (per_eval[per_eval.condition == "none"]["accuracy"] == 1.0).all()
-    shared = per_eval[per_eval.condition == "shared"]
-    assert shared[shared.k_percent == 5.0]["n_reset"].item() > 0
-
-
-def test_masks_agree_with_the_sql_tables(tmp_path, monkeypatch):
-    """The ablation's sets are the database's sets: same counts per (layer, module, head)."""
-    from safetensors.torch import save_file
-
-    from crosstrace.database import build_database, connect
-    from crosstrace.dump import dump_trace
-
-    monkeypatch.chdir(tmp_path)
-    _, theta_t, trace = _pair()
-    theta_t.save_pretrained("final")
-    save_file(
-        {f"{t}/{n}": v.contiguous() for t, d in trace.items() for n, v in d.items()},
-        "trace.safetensors",
-    )
-    dump_trace("trace.safetensors", "final", "trace", model="m", strategy="mix", seed=0)
-    build_database("trace", "db.duckdb", "tables", k_percent=[1.0, 5.0])
-    con = connect("db.duckdb")
-    pmap = ParamMap(theta_t.config)
-    for k in (1.0, 5.0):
-        masks = condition_masks(trace, pmap, k)
-        for cond, column in [("shared", "n_shared"), ("bio_only", "n_bio - n_shared")]:
-            want = con.execute(
-                f"SELECT layer, module, coalesce(head, -1), sum({column}) FROM shared_counts "
-                "WHERE k_percent = ? GROUP BY ALL HAVING sum(n_params) > 0 ORDER BY ALL",
-                [k],
-            ).fetchall()
-            got: dict[tuple, int] = {}
-            for name, m in masks[cond].items():
-                spec = pmap.spec(name, tuple(m.shape))
-                cols = spec.columns()
-                sel = m.reshape(-1).numpy()
-                for mod, head in zip(cols["module"][sel], cols["head"][sel], strict=True):
-                    key = (spec.layer, MODULES[mod], int(head))
-                    got[key] = got.get(key, 0) + 1
-            assert {r[:3]: int(r[3]) for r in want if r[3]} == got, (k, cond)
+    shared = back[back.condition == "shared"]
+    assert (shared["n_reset"] == shared["n_target"]).all() and (shared["n_target"] > 0).all()
+    rnd = back[back.condition == "random"]
+    assert (rnd["n_reset"] == rnd["n_target"]).all()
+    none = back[(back.condition == "none") & (back.split == "id")]["accuracy"]
+    assert none.nunique() == 1 and none.iloc[0] > 0
+    # resetting the top 20 % of both tasks' parameters destroys recall of trained facts
+    big = shared[(shared.k_percent == 20.0) & (shared.split == "id")]["accuracy"]
+    assert (big < none.iloc[0]).all()

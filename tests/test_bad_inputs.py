@@ -20,7 +20,6 @@ import yaml
 from transformers import LlamaForCausalLM
 
 from crosstrace import cli
-from crosstrace.database import build_database
 from crosstrace.dump import dump_trace
 from crosstrace.errors import CrosstraceError, InputDataError
 from crosstrace.models import build_base
@@ -30,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 22
+N_BAD_INPUTS = 20
 
 WORLD = {
     "seed": 0,
@@ -255,27 +254,14 @@ def test_qa_split_without_ood_people(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("k", [0, 150])
-def test_database_k_out_of_range(tmp_path, k):
-    tried(f"database k_percent={k}")
-    db = tmp_path / "x.duckdb"
-    with pytest.raises(CrosstraceError, match=r"k_percent values must be in \(0, 100\]"):
-        build_database(tmp_path / "trace", db, tmp_path / "tables", k_percent=[1, k])
-    assert not db.exists()
-    assert not (tmp_path / "tables").exists()
-
-
-@pytest.mark.parametrize("k", [0, 101])
-def test_ablation_k_out_of_range(base, tmp_path, k):
-    from crosstrace.ablate import ablate_run
+def test_analysis_k_out_of_range(k):
+    """The ranking settings (read by rank, ablation and database alike) refuse k ∉ (0, 100]."""
     from crosstrace.errors import ConfigError
+    from crosstrace.rank import RankSettings
 
-    tried(f"ablation k_percent={k}")
-    out = tmp_path / "ablation.parquet"
+    tried(f"analysis k_percent={k}")
     with pytest.raises(ConfigError, match=r"analysis.k_percent: every k must be in \(0, 100\]"):
-        ablate_run(base / "base", base / "base", tmp_path / "none.safetensors",
-                   tmp_path / "qa.parquet", out, model="m", strategy="mix", seed=0,
-                   k_percent=[1, k])  # fmt: skip
-    assert not out.exists()
+        RankSettings(k_percent=[1, k], rank_modules=["attn.q"])
 
 
 def test_dump_top_percent_out_of_range(base, tmp_path):

@@ -11,9 +11,10 @@ from safetensors.torch import save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from crosstrace.dump import dump_trace as dump
-from crosstrace.dump import kth_largest, read_dump_metadata, task_thresholds, topk_count
+from crosstrace.dump import read_dump_metadata
 from crosstrace.errors import InputDataError
-from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULES, ParamMap
+from crosstrace.param_map import MODULES, ParamMap
+from crosstrace.rank import topk_size
 
 
 def _model(arch):
@@ -73,6 +74,7 @@ def test_layout_types_and_values(run):
             assert table.schema.field(col).type == typ
         assert table.schema.field("layer").type == pa.int16()
         assert table.schema.field("head").type == pa.int16()
+        assert table.schema.field("neuron").type == pa.int32()
         numel = sum(p.numel() for p in model.parameters())
         assert table.num_rows == numel
         df = table.to_pandas()
@@ -92,9 +94,14 @@ def test_layout_types_and_values(run):
         attn = df[df["module"].isin(["attn.q", "attn.k", "attn.v"])]
         assert attn["head"].notna().all()
         assert df[df["module"].str.startswith("mlp")]["head"].isna().all()
+        # neurons: rows of up/gate, columns of down; none outside the MLP
+        up = df[df["param"].str.contains("up_proj|dense_h_to_4h") & df["param"].str.endswith("t")]
+        assert (up["neuron"] == up["row"]).all() and len(up) > 0
+        down = df[df["param"].str.contains("down_proj|dense_4h_to_h.weight")]
+        assert (down["neuron"] == down["col"]).all() and len(down) > 0
+        assert df[~df["module"].str.startswith("mlp")]["neuron"].isna().all()
         meta = read_dump_metadata(files[0])
         assert meta["task"] == task and meta["top_percent"] is None
-        assert sum(c[3] for c in meta["cells"]) == numel
         # index columns are sorted inside each parameter (row-major)
         first = df[df["param"] == df["param"].iloc[-1]]
         flat = first["row"].to_numpy().astype(np.int64) * (first["col"].max() + 1) + first["col"]
@@ -115,7 +122,7 @@ def test_row_groups_and_encodings(run):
     md = pq.ParquetFile(out / "task=bio" / "part-00000.parquet").metadata
     sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     assert all(s == 500 for s in sizes[:-1]) and 0 < sizes[-1] <= 500
-    cols = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(7)}
+    cols = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i) for i in range(8)}
     assert cols["delta"].compression == "ZSTD"
     assert not cols["delta"].has_dictionary_page
     assert "BYTE_STREAM_SPLIT" in cols["delta"].encodings
@@ -134,36 +141,16 @@ def test_top_percent_keeps_exactly_the_top(run, top):
         seed=0,
         top_percent=top,
     )
-    pmap = ParamMap(model.config)
     for task in ("bio", "qa"):
-        ranked, every = [], []
-        for name, p in model.named_parameters():
-            a = deltas[f"{task}/{name}"].abs().numpy()
-            every.append(a.reshape(-1))
-            ranked.append(a[pmap.spec(name, tuple(p.shape)).ranked_mask(DEFAULT_RANK_MODULES)])
-        ranked = np.concatenate(ranked)
-        k = topk_count(top, ranked.size)
-        thr = np.sort(ranked)[::-1][k - 1]
+        every = np.concatenate(
+            [deltas[f"{task}/{n}"].abs().numpy().reshape(-1) for n, _ in model.named_parameters()]
+        )
+        thr = np.sort(every)[::-1][topk_size(top, every.size) - 1]
         table, files = _read(out / f"task={task}")
-        assert table.num_rows == int((np.concatenate(every) >= thr).sum())
+        assert table.num_rows == int((every >= thr).sum())
         assert np.abs(table["delta"].to_numpy()).min() >= thr
         meta = read_dump_metadata(files[0])
         assert meta["threshold"] == pytest.approx(float(thr), rel=0, abs=0)
-        assert meta["n_ranked"] == ranked.size
-        got = task_thresholds(tmp / "trace.safetensors", tmp / "model", [top], task=task)
-        assert got[top] == float(thr)
-
-
-def test_kth_largest_matches_sort():
-    rng = np.random.default_rng(1)
-    a = np.abs(rng.standard_normal(10007).astype(np.float32))
-    a[:50] = a[60]  # ties
-    chunks = lambda: iter(np.array_split(a, 7))  # noqa: E731
-    desc = np.sort(a)[::-1]
-    ks = [1, 2, 51, 100, 5000, 10007, 10008]
-    got = kth_largest(chunks, ks)
-    assert got[:-1] == [float(desc[k - 1]) for k in ks[:-1]]
-    assert np.isnan(got[-1])
 
 
 def test_rejects_bad_top_percent(run):

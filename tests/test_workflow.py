@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-GPU_RULES = {"train_bio", "train", "evaluate", "ablate"}
+GPU_RULES = {"train_bio", "train", "evaluate", "ablate", "endpoint_trace"}
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,8 @@ BAD_CONFIGS = {
     ),
     "dump_top_percent_zero": ("trace:\n  dump_top_percent: 0\n", "trace.dump_top_percent"),
     "trace_disabled": ("trace:\n  enabled: false\n", "config key 'trace.enabled'"),
+    "rank_params_bad": ("analysis:\n  rank_params: biases\n", "config key 'analysis.rank_params'"),
+    "rank_scope_bad": ("analysis:\n  rank_scope: [local]\n", "config key 'analysis.rank_scope.0'"),
 }
 
 
@@ -161,6 +163,8 @@ def test_default_dry_run_lists_the_study(scratch):
         train=runs,
         evaluate=runs,
         dump_trace=runs,
+        endpoint_trace=runs,
+        rank=runs,
         ablate=runs,
         aggregate=1,
         plots=1,
@@ -198,6 +202,9 @@ def test_outputs_land_where_the_contract_says(ci_run):
         "runs/neox_tiny/mix/seed0/trace.safetensors",
         "runs/neox_tiny/stage/seed0/predictions.parquet",
         "runs/neox_tiny/stage/seed0/ablation.parquet",
+        "runs/neox_tiny/stage/seed0/ranking.parquet",
+        "runs/neox_tiny/stage/seed0/ranking_cells.parquet",
+        "runs/llama_tiny/mix/seed0/endpoint_trace.safetensors",
         "tables/accuracy.parquet",
         "tables/ablation.parquet",
         "crosstrace.duckdb",
@@ -231,6 +238,8 @@ def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
         train=new_runs,
         evaluate=new_runs,
         dump_trace=new_runs,
+        endpoint_trace=new_runs,
+        rank=new_runs,
         ablate=new_runs,
         aggregate=1,
         plots=1,
@@ -250,10 +259,30 @@ def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
         train=2,
         evaluate=2,
         dump_trace=2,
+        endpoint_trace=2,
+        rank=2,
         ablate=2,
         aggregate=1,
         plots=1,
         all=1,
+    )
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    [
+        "analysis:\n  k_percent: [1, 2]\n",
+        "analysis:\n  rank_modules: [attn.v, attn.o]\n",
+        "analysis:\n  rank_scope: [global]\n",
+    ],
+)
+def test_changing_the_ranking_reruns_ranking_and_what_follows(ci_run, tmp_path, overlay):
+    """k_percent and rank_modules belong to the ranking: training and the dump stay."""
+    path = tmp_path / "rank.yaml"
+    path.write_text(overlay)
+    runs = 2 * 2
+    assert dry_run(ci_run, "config/ci.yaml", str(path)) == Counter(
+        rank=runs, ablate=runs, aggregate=1, plots=1, all=1
     )
 
 
@@ -279,6 +308,7 @@ def test_report_gathers_every_figure_with_its_caption(ci_run):
         "shared_by_layer_module",
         "shared_head_heatmap",
         "overlap_vs_k",
+        "concentration",
         "ablation",
     ):
         assert f"{stem}.png" in html, stem

@@ -1,23 +1,28 @@
-"""Ablation: reset chosen parameters of θT to θ0 and re-evaluate ID and OOD accuracy.
+"""Ablation: reset chosen parameters of θT to θ0 and measure ID and OOD QA accuracy again.
 
-Per run and k (percent), with the top-k definition shared with the SQL
-(``crosstrace.dump.topk_count`` / ``kth_largest``: over the ranked elements of a task,
-threshold = the K-th largest |Δ| with K = max(1, ceil(k/100 · n)); top-k = |Δ| ≥ threshold):
+The sets come from the ranking stage (``crosstrace.rank``): the thresholds in
+``ranking.parquet`` decide membership, and the per-tensor counts are checked against it, so
+the ablated shared set is the counted one. Per definition, scope and k:
 
-- ``none``: θT itself (n_reset 0; one evaluation, repeated for every k).
+- ``none``: θT itself (n_reset 0).
 - ``shared``: top-k BIO ∩ top-k QA.
-- ``random``: as many elements as ``shared``, drawn uniformly without replacement among the
-  ranked elements (seeded by ablation_seed, the run seed and k).
-- ``bio_only``: top-k BIO minus shared; ``qa_only``: top-k QA minus shared. The exclusive
-  sets isolate "important for one task only" from "shared"; their n_reset is recorded.
+- ``random``: in every stratum (a head slice of a tensor, or the whole tensor; see
+  ``crosstrace.rank.stratum_key``) as many elements as the shared set has there, drawn
+  uniformly among the stratum's ranked elements outside the shared set.
+- ``bio_only`` / ``qa_only``: the top-k of one task minus the shared set, subsampled to the
+  shared set's size stratum by stratum (a stratum with fewer such elements gives all it has;
+  ``n_reset`` records the size actually reset, ``n_target`` the shared set's).
 
-Masks are elementwise boolean tensors, one per parameter; only ranked modules are eligible.
+The three controls are drawn ``draws`` times (independent seeds); the table keeps each draw.
+Accuracy is QA exact match by teacher forcing (``crosstrace.scoring``), which equals greedy
+exact match and costs one forward pass.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,82 +31,111 @@ import pyarrow.parquet as pq
 import torch
 
 from crosstrace.atomic import atomic_file
-from crosstrace.dump import kth_largest, topk_count
-from crosstrace.errors import InputDataError
-from crosstrace.param_map import DEFAULT_RANK_MODULES, ParamMap
+from crosstrace.errors import ConfigError, InputDataError
+from crosstrace.param_map import ParamMap
+from crosstrace.rank import (
+    TASKS,
+    RankSettings,
+    Run,
+    TraceFile,
+    TraceSource,
+    member_masks,
+    ranked_tensors,
+    read_ranking,
+)
 
 CONDITIONS = ("none", "shared", "random", "bio_only", "qa_only")
-Masks = dict[str, torch.Tensor]
+CONTROLS = ("random", "bio_only", "qa_only")
+SPLITS = ("id", "ood")
+Masks = dict[str, np.ndarray]
 
 
-def ranked_masks(pmap: ParamMap, shapes: dict[str, tuple[int, ...]], rank_modules) -> Masks:
-    """Per parameter: which elements belong to a ranked module (parameters with none left out)."""
-    out = {}
-    for name, shape in shapes.items():
-        mask = pmap.spec(name, shape).ranked_mask(rank_modules)
-        if mask.any():
-            out[name] = torch.from_numpy(np.ascontiguousarray(mask))
+def strata_ids(pmap: ParamMap, name: str, shape: Sequence[int]) -> np.ndarray:
+    """Per element of one parameter (flat): its stratum inside the parameter, as an integer.
+
+    The stratum is (module, head): a head slice, or the whole module's rows where no head
+    applies (``crosstrace.rank.stratum_key`` with the parameter fixed).
+    """
+    cols = pmap.spec(name, tuple(shape)).columns()
+    return cols["module"].astype(np.int64) * 65536 + (cols["head"].astype(np.int64) + 1)
+
+
+def stratified_draw(
+    quota: Masks,
+    candidates: Masks,
+    strata: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+) -> Masks:
+    """Per parameter and stratum, draw as many ``candidates`` as ``quota`` holds there.
+
+    Where a stratum has fewer candidates than its quota, all of them are taken.
+    """
+    out: Masks = {}
+    for name, q in quota.items():
+        sid = strata[name]
+        need_ids, need = np.unique(sid[q.reshape(-1)], return_counts=True)
+        chosen = np.zeros(q.size, dtype=bool)
+        cand_idx = np.flatnonzero(candidates[name].reshape(-1))
+        cand_sid = sid[cand_idx]
+        for s, n in zip(need_ids, need, strict=True):
+            pool = cand_idx[cand_sid == s]
+            take = min(int(n), len(pool))
+            if take:
+                chosen[rng.choice(pool, size=take, replace=False)] = True
+        out[name] = chosen.reshape(q.shape)
     return out
 
 
-def topk_thresholds(
-    deltas: dict[str, torch.Tensor], ranked: Masks, k_percents: Sequence[float]
-) -> dict[float, float]:
-    """{k: threshold} over the ranked elements of one task (same definition as the SQL)."""
-    n = sum(int(m.sum()) for m in ranked.values())
+@dataclass(frozen=True)
+class Population:
+    """The ranked elements of every parameter (bool masks) and each element's stratum."""
 
-    def chunks() -> Iterator[np.ndarray]:
-        for name, mask in ranked.items():
-            yield deltas[name].detach().float().cpu().abs()[mask].numpy()
+    ranked: Masks
+    strata: dict[str, np.ndarray]
 
-    values = kth_largest(chunks, [topk_count(k, n) for k in k_percents])
-    return dict(zip(k_percents, values, strict=True))
+    @classmethod
+    def of(
+        cls, pmap: ParamMap, shapes: Mapping[str, Sequence[int]], settings: RankSettings
+    ) -> Population:
+        ranked: Masks = {}
+        for t in ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params):
+            mask = ranked.setdefault(t.param, np.zeros(tuple(shapes[t.param]), dtype=bool))
+            mask.reshape(t.spec.n_rows, t.spec.n_cols)[t.rows] = True
+        return cls(ranked, {n: strata_ids(pmap, n, shapes[n]) for n in ranked})
 
 
 def condition_masks(
-    trace: dict[str, dict[str, torch.Tensor]],
+    source: TraceSource,
     pmap: ParamMap,
-    k_percent: float,
+    ranking: pd.DataFrame,
+    settings: RankSettings,
     *,
-    rank_modules: Sequence[str] = DEFAULT_RANK_MODULES,
-    seed: int | Sequence[int] = 0,
-) -> dict[str, Masks]:
-    """{condition: {param: bool mask}} for one k (``none`` maps to no masks)."""
-    shapes = {name: tuple(t.shape) for name, t in trace["bio"].items()}
-    ranked = ranked_masks(pmap, shapes, rank_modules)
-    top = {}
-    for task in ("bio", "qa"):
-        (thr,) = topk_thresholds(trace[task], ranked, [k_percent]).values()
-        top[task] = {
-            name: (trace[task][name].detach().float().cpu().abs() >= thr) & m
-            for name, m in ranked.items()
-        }
-    shared = {name: top["bio"][name] & top["qa"][name] for name in ranked}
-    n_shared = sum(int(m.sum()) for m in shared.values())
-    return {
-        "none": {},
-        "shared": shared,
-        "random": random_masks(ranked, n_shared, seed=seed),
-        "bio_only": {name: top["bio"][name] & ~shared[name] for name in ranked},
-        "qa_only": {name: top["qa"][name] & ~shared[name] for name in ranked},
+    definition: str,
+    scope: str,
+    k: float,
+    shapes: Mapping[str, Sequence[int]],
+    draws: int,
+    seed: Sequence[int],
+    population: Population | None = None,
+) -> dict[tuple[str, int], Masks]:
+    """``{(condition, draw): {param: mask}}`` for one ranked set (``none`` has no masks)."""
+    top = member_masks(
+        source, pmap, ranking, settings, definition=definition, scope=scope, k=k, shapes=shapes
+    )
+    pop = population or Population.of(pmap, shapes, settings)
+    params = list(top["bio"])
+    shared = {n: top["bio"][n] & top["qa"][n] for n in params}
+    ranked, strata = pop.ranked, pop.strata
+    candidates = {
+        "random": {n: ranked[n] & ~shared[n] for n in params},
+        "bio_only": {n: top["bio"][n] & ~shared[n] for n in params},
+        "qa_only": {n: top["qa"][n] & ~shared[n] for n in params},
     }
-
-
-def random_masks(ranked: Masks, n: int, *, seed: int | Sequence[int]) -> Masks:
-    """``n`` elements drawn uniformly without replacement among the ranked ones."""
-    sizes = np.array([int(m.sum()) for m in ranked.values()], dtype=np.int64)
-    total = int(sizes.sum())
-    if n > total:
-        raise InputDataError(f"cannot draw {n} random parameters from {total} ranked ones")
-    picks = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    out = {}
-    for i, (name, mask) in enumerate(ranked.items()):
-        lo, hi = np.searchsorted(picks, [starts[i], starts[i + 1]])
-        flat_ranked = torch.nonzero(mask.reshape(-1)).reshape(-1)
-        chosen = torch.zeros(mask.numel(), dtype=torch.bool)
-        chosen[flat_ranked[torch.from_numpy(picks[lo:hi] - starts[i])]] = True
-        out[name] = chosen.reshape(mask.shape)
+    out: dict[tuple[str, int], Masks] = {("none", 0): {}, ("shared", 0): shared}
+    for c, control in enumerate(CONTROLS):
+        for draw in range(draws):
+            rng = np.random.default_rng([*seed, c, draw])
+            out[(control, draw)] = stratified_draw(shared, candidates[control], strata, rng)
     return out
 
 
@@ -114,91 +148,94 @@ def reset_parameters(model: torch.nn.Module, base: dict[str, torch.Tensor], mask
         if name not in params:
             raise InputDataError(f"trace parameter {name!r} is not a parameter of the model")
         p = params[name]
-        m = mask.to(p.device)
+        m = torch.from_numpy(np.ascontiguousarray(mask)).to(p.device)
         p[m] = base[name].to(device=p.device, dtype=p.dtype)[m]
         n += int(mask.sum())
     return n
 
 
-def _load_model(path, device):
-    from crosstrace.models import load_model
-
-    return load_model(path, device)
-
-
-def _predict(model, tokenizer, qa, *, batch_size, max_new_tokens):
-    from crosstrace.evaluate import predict
-
-    return predict(model, tokenizer, qa, batch_size=batch_size, max_new_tokens=max_new_tokens)
-
-
-def _accuracy(pred: pd.DataFrame) -> dict[str, tuple[int, float]]:
-    g = pred.groupby("split")["exact_match"]
-    return {split: (int(g.size()[split]), float(g.mean()[split])) for split in g.size().index}
-
-
 def ablate_run(
     model_dir: str | os.PathLike[str],
     base_dir: str | os.PathLike[str],
-    trace_path: str | os.PathLike[str],
+    traces: Mapping[str, str | os.PathLike[str]],
+    ranking_path: str | os.PathLike[str],
     qa_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
-    model: str,
-    strategy: str,
-    seed: int,
-    k_percent: Sequence[float],
-    rank_modules: Sequence[str] = DEFAULT_RANK_MODULES,
+    run: Run,
+    settings: RankSettings,
+    draws: int = 5,
     ablation_seed: int = 0,
     batch_size: int = 1024,
-    max_new_tokens: int = 12,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Evaluate θT and every ablation condition for each k; write and return the table.
+    """Evaluate θT and every ablation condition; write and return the table.
 
-    Columns: model, strategy, seed, k_percent, condition, n_reset, split, n, accuracy.
+    ``traces`` maps each ranked definition to its trace file. Columns: model, strategy, seed,
+    definition, scope, k_percent, condition, draw, n_target, n_reset, split, n, accuracy.
     """
     from crosstrace.devices import resolve_device
-    from crosstrace.errors import ConfigError
-    from crosstrace.trace import load_trace
+    from crosstrace.models import load_model
+    from crosstrace.scoring import qa_exact_match, qa_examples
     from crosstrace.world import read_qa
 
-    bad = [k for k in k_percent if not 0 < float(k) <= 100]
-    if bad or not k_percent:
-        raise ConfigError(f"analysis.k_percent: every k must be in (0, 100], got {list(k_percent)}")
+    if draws < 1:
+        raise ConfigError(f"analysis.ablation_draws must be >= 1, got {draws}")
+    ranking, _ = read_ranking(ranking_path, settings=settings, run=run)
     dev = resolve_device(device)
-    net, tokenizer = _load_model(model_dir, dev)
-    base_net, _ = _load_model(base_dir, "cpu")
+    net, tokenizer = load_model(model_dir, dev)
+    base_net, _ = load_model(base_dir, "cpu")
     base = {n: p.detach().cpu() for n, p in base_net.named_parameters()}
     del base_net
     final = {n: p.detach().cpu().clone() for n, p in net.named_parameters()}
-    trace = load_trace(trace_path)
-    qa = read_qa(qa_path)
+    shapes = {n: tuple(p.shape) for n, p in final.items()}
     pmap = ParamMap(net.config)
+    qa = read_qa(qa_path)
+    examples = qa_examples(qa, tokenizer)
+    splits = qa["split"].map({"train": "id", "test": "ood"}).to_numpy()
+
+    def accuracy() -> list[tuple[str, int, float]]:
+        hit = qa_exact_match(net, examples, batch_size=batch_size)
+        return [
+            (s, int((splits == s).sum()), float(hit[splits == s].mean())) for s in ("id", "ood")
+        ]
 
     rows = []
-    eval_kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
-    acc_none = _accuracy(_predict(net, tokenizer, qa, **eval_kw))
-    for k in k_percent:
-        for split, (n, acc) in acc_none.items():
-            rows.append((k, "none", 0, split, n, acc))
-        masks = condition_masks(
-            trace,
-            pmap,
-            k,
-            rank_modules=rank_modules,
-            seed=[int(ablation_seed), int(seed), round(float(k) * 1e6)],
-        )
-        for condition in CONDITIONS[1:]:
-            n_reset = reset_parameters(net, base, masks[condition])
-            for split, (n, acc) in _accuracy(_predict(net, tokenizer, qa, **eval_kw)).items():
-                rows.append((k, condition, n_reset, split, n, acc))
-            reset_parameters(net, final, masks[condition])  # back to θT
-    df = pd.DataFrame(rows, columns=["k_percent", "condition", "n_reset", "split", "n", "accuracy"])
-    df.insert(0, "seed", int(seed))
-    df.insert(0, "strategy", strategy)
-    df.insert(0, "model", model)
-    df["k_percent"] = df["k_percent"].astype("float64")
+    acc_none = accuracy()
+    population = Population.of(pmap, shapes, settings)
+    for definition in settings.definitions:
+        source = TraceFile(traces[definition], what=f"{run} {definition} trace")
+        if sorted(source.shapes) != sorted(TASKS):
+            raise InputDataError(f"{run}: the {definition} trace lacks a task")
+        for scope in settings.scopes:
+            for k in settings.k_percent:
+                sets = condition_masks(
+                    source, pmap, ranking, settings, definition=definition, scope=scope, k=k,
+                    shapes=shapes, draws=draws, population=population,
+                    seed=[int(ablation_seed), int(run.seed), round(k * 1e6),
+                          settings.definitions.index(definition), settings.scopes.index(scope)],
+                )  # fmt: skip
+                n_target = sum(int(m.sum()) for m in sets[("shared", 0)].values())
+                for (condition, draw), masks in sets.items():
+                    if condition == "none":
+                        result, n_reset = acc_none, 0
+                    else:
+                        n_reset = reset_parameters(net, base, masks)
+                        result = accuracy()
+                        reset_parameters(net, final, masks)  # back to θT
+                    for split, n, acc in result:
+                        rows.append(
+                            (definition, scope, k, condition, draw, n_target, n_reset, split, n,
+                             acc)
+                        )  # fmt: skip
+    df = pd.DataFrame(
+        rows,
+        columns=["definition", "scope", "k_percent", "condition", "draw", "n_target", "n_reset",
+                 "split", "n", "accuracy"],
+    )  # fmt: skip
+    df.insert(0, "seed", int(run.seed))
+    df.insert(0, "strategy", run.strategy)
+    df.insert(0, "model", run.model)
     with atomic_file(out_path) as tmp:
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, compression="zstd")
     return df

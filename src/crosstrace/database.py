@@ -1,9 +1,11 @@
 """Build results/crosstrace.duckdb: a ``trace`` view over the Parquet dump plus analysis tables.
 
 All SQL lives in ``crosstrace/sql/*.sql``; this module only binds parameters and loops over
-runs. Tables: accuracy, thresholds, shared_counts, overlap, concentration, ablation (plus the
-helpers trace_runs, trace_cells, topk_sizes, k_values, rank_modules, crosstrace_meta). Each
-analysis table is also exported to ``<tables_dir>/<name>.parquet``.
+runs. The top-k sets come from the ranking stage (``crosstrace.rank``): ``ranking``,
+``shared_counts`` and ``definition_agreement`` are its per-run files; ``overlap`` (with the
+stratified null), ``concentration``, ``ablation`` and the ``*_summary`` tables (mean and 95 %
+interval over seeds) are computed here in SQL. ``trace_runs`` and ``crosstrace_meta`` are
+bookkeeping. Each table in ``TABLES`` is also exported to ``<tables_dir>/<name>.parquet``.
 
 The ``trace`` view reads ``read_parquet('<trace_root>/**/*.parquet', hive_partitioning=true)``.
 When the trace root lies under the working folder (the repo root, where Snakemake runs), the
@@ -14,10 +16,11 @@ root works after the repo is moved; otherwise the absolute path. ``connect`` als
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -27,10 +30,23 @@ import pyarrow.parquet as pq
 
 from crosstrace.atomic import atomic_file
 from crosstrace.dump import read_dump_metadata
-from crosstrace.errors import CrosstraceError, InputDataError
-from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULES
+from crosstrace.errors import InputDataError
+from crosstrace.rank import RankSettings, Run, check_ranking_file
 
-TABLES = ("accuracy", "thresholds", "shared_counts", "overlap", "concentration", "ablation")
+TABLES = (
+    "accuracy",
+    "ranking",
+    "shared_counts",
+    "overlap",
+    "concentration",
+    "ablation",
+    "ablation_draws",
+    "definition_agreement",
+    "accuracy_summary",
+    "overlap_summary",
+    "concentration_summary",
+    "ablation_summary",
+)
 
 
 def sql(name: str) -> str:
@@ -76,7 +92,7 @@ def connect(
 
 
 def _load_dump_metadata(con: duckdb.DuckDBPyConnection, trace_root: Path) -> None:
-    runs, cells = [], []
+    runs: list[dict] = []
     seen: set[tuple] = set()
     for path in sorted(trace_root.glob("model=*/strategy=*/seed=*/task=*/*.parquet")):
         meta = read_dump_metadata(path)
@@ -100,50 +116,23 @@ def _load_dump_metadata(con: duckdb.DuckDBPyConnection, trace_root: Path) -> Non
                 "n_files": 1,
             }
         )
-        for layer, module, head, n in meta["cells"]:
-            cells.append((*key, layer, module, head, n))
     if not runs:
         raise InputDataError(f"no trace tables under {trace_root} (expected model=…/…/*.parquet)")
-    cols = ["model", "strategy", "seed", "task", "layer", "module", "head", "n_params"]
-    for name, df in [
-        ("trace_runs", pd.DataFrame(runs)),
-        ("trace_cells", pd.DataFrame(cells, columns=cols)),
-    ]:
-        con.register("_incoming", df)
-        con.execute(f"INSERT INTO {name} SELECT * FROM _incoming")
-        con.unregister("_incoming")
+    con.register("_incoming", pd.DataFrame(runs))
+    con.execute("INSERT INTO trace_runs SELECT * FROM _incoming")
+    con.unregister("_incoming")
 
 
-def _compute_thresholds(con: duckdb.DuckDBPyConnection) -> None:
-    _run(con, "topk_sizes")
-    runs = con.execute("SELECT DISTINCT model, strategy, seed, task FROM topk_sizes ORDER BY ALL")
-    for model, strategy, seed, task in runs.fetchall():
-        params = {"model": model, "strategy": strategy, "seed": seed, "task": task}
-        _run(con, "thresholds_buckets", params)
-    targets = con.execute(
-        "SELECT model, strategy, seed, task, k_percent, n_ranked, k_rows, r, lo, hi "
-        "FROM threshold_targets ORDER BY ALL"
-    ).fetchall()
-    for model, strategy, seed, task, k, n_ranked, k_rows, r, lo, hi in targets:
-        params = {"model": model, "strategy": strategy, "seed": seed, "task": task}
-        params |= {"k_percent": k, "n_ranked": n_ranked, "k_rows": k_rows}
-        if lo is None:  # fewer than K rows: no threshold
-            params |= {"r": 1, "lo": 1.0, "hi": -1.0}
-        else:
-            params |= {"r": r, "lo": lo, "hi": hi}
-        _run(con, "thresholds_pick", params)
-    bad = con.execute(
-        """SELECT th.model, th.strategy, th.seed, th.task, th.k_percent, r.top_percent
-           FROM thresholds th JOIN trace_runs r USING (model, strategy, seed, task)
-           WHERE th.threshold IS NULL OR th.threshold < r.dump_threshold"""
-    ).fetchall()
-    if bad:
-        raise CrosstraceError(
-            "the trace dump holds too few rows for these top-k thresholds "
-            f"(model, strategy, seed, task, k_percent, dump_top_percent): {bad}. "
-            "Raise trace.dump_top_percent to at least the largest analysis.k_percent, "
-            "with the same rank_modules, or dump every parameter (null)."
-        )
+@dataclass(frozen=True)
+class RunFiles:
+    """One run's inputs to the database: its predictions and ranking outputs."""
+
+    run: Run
+    predictions: str | os.PathLike[str]
+    ranking: str | os.PathLike[str]
+    cells: str | os.PathLike[str]
+    agreement: str | os.PathLike[str]
+    ablation: str | os.PathLike[str] | None = None
 
 
 def build_database(
@@ -151,32 +140,26 @@ def build_database(
     db_path: str | os.PathLike[str],
     tables_dir: str | os.PathLike[str],
     *,
-    predictions: Sequence[tuple[str, str, int, str | os.PathLike[str]]] = (),
-    ablations: Sequence[str | os.PathLike[str]] = (),
-    k_percent: Sequence[float] = (0.1, 1.0, 5.0),
-    rank_modules: Sequence[str] = DEFAULT_RANK_MODULES,
+    runs: Sequence[RunFiles],
+    settings: RankSettings,
     memory_limit: str = "2GB",
     threads: int | None = None,
 ) -> Path:
     """Create ``db_path`` (atomically) and export its tables to ``tables_dir``.
 
-    ``predictions``: (model, strategy, seed, predictions.parquet) per run.
-    ``ablations``: ablation parquet files from ``crosstrace.ablate.ablate_run``.
-    Returns ``db_path``.
+    Every run's ranking files must have been written with ``settings``; a missing input file
+    is an error that names the run. Returns ``db_path``.
     """
     trace_root, db_path, tables_dir = Path(trace_root), Path(db_path), Path(tables_dir)
-    ks = sorted({float(k) for k in k_percent})
-    if not ks or any(not 0 < k <= 100 for k in ks):
-        raise CrosstraceError(f"k_percent values must be in (0, 100], got {list(k_percent)}")
-    unknown = sorted(set(rank_modules) - set(MODULES))
-    if unknown:
-        raise CrosstraceError(f"unknown rank_modules {unknown}; allowed: {list(MODULES)}")
-    for _model, _strategy, _seed, path in predictions:
-        if not Path(path).exists():
-            raise InputDataError(f"predictions file not found: {path}")
-    for path in ablations:
-        if not Path(path).exists():
-            raise InputDataError(f"ablation file not found: {path}")
+    if not runs:
+        raise InputDataError("build_database: no runs given")
+    for files in runs:
+        for what in ("predictions", "ranking", "cells", "agreement", "ablation"):
+            path = getattr(files, what)
+            if path is not None and not Path(path).is_file():
+                raise InputDataError(f"run {files.run}: {what} file {path} does not exist")
+        for what in ("ranking", "cells", "agreement"):
+            check_ranking_file(getattr(files, what), settings=settings, run=files.run)
 
     with atomic_file(db_path) as tmp:
         spill = tmp.with_name(tmp.name + ".spill")
@@ -191,33 +174,36 @@ def build_database(
                 [
                     ["base_dir", str(Path.cwd().resolve())],
                     ["trace_root", str(trace_root.resolve())],
-                    ["format", "crosstrace-db/1"],
+                    ["format", "crosstrace-db/2"],
+                    ["rank_settings", json.dumps(settings.to_json())],
                 ],
             )
-            con.executemany("INSERT INTO k_values VALUES (?)", [[k] for k in ks])
-            con.executemany("INSERT INTO rank_modules VALUES (?)", [[m] for m in rank_modules])
             _load_dump_metadata(con, trace_root)
             glob = _quote(_view_path(trace_root) + "/**/*.parquet")
             con.execute(
                 f"CREATE VIEW trace AS SELECT * FROM read_parquet({glob}, hive_partitioning = true)"
             )
-            _compute_thresholds(con)
-            members = con.execute(
-                "SELECT model, strategy, seed, task, k_percent, threshold FROM thresholds "
-                "ORDER BY ALL"
-            ).fetchall()
-            for model, strategy, seed, task, k, threshold in members:
-                params = {"model": model, "strategy": strategy, "seed": seed, "task": task}
-                _run(con, "topk_insert", {**params, "k_percent": k, "threshold": threshold})
-            _run(con, "shared_counts")
-            _run(con, "overlap")
-            _run(con, "concentration")
-            for model, strategy, seed, path in predictions:
-                params = {"model": model, "strategy": strategy, "seed": int(seed)}
-                _run(con, "accuracy", {**params, "path": str(path)})
-            for path in ablations:
-                _run(con, "ablation_load", {"path": str(path)})
-            _run(con, "ablation")
+            for files in runs:
+                params = {
+                    "model": files.run.model,
+                    "strategy": files.run.strategy,
+                    "seed": int(files.run.seed),
+                }
+                _run(
+                    con,
+                    "ranking_load",
+                    {
+                        **params,
+                        "ranking": str(files.ranking),
+                        "cells": str(files.cells),
+                        "agreement": str(files.agreement),
+                    },
+                )
+                _run(con, "accuracy", {**params, "path": str(files.predictions)})
+                if files.ablation is not None:
+                    _run(con, "ablation_load", {"path": str(files.ablation)})
+            for name in ("overlap", "concentration", "ablation", "summaries"):
+                _run(con, name)
             con.execute("CHECKPOINT")
             tables_dir.mkdir(parents=True, exist_ok=True)
             for name in TABLES:
@@ -231,22 +217,12 @@ def build_database(
 
 
 def shared_by_head_query(con: duckdb.DuckDBPyConnection, k_percent: float) -> pd.DataFrame:
-    """Shared parameters per (run, layer, module, head) at one k, from a built database."""
+    """Shared parameters per (run, definition, scope, layer, module, head) at one k."""
     return con.execute(
-        """SELECT model, strategy, seed, layer, module, head, n_params, n_bio, n_qa, n_shared
-           FROM shared_counts WHERE k_percent = ? AND head IS NOT NULL ORDER BY ALL""",
+        """SELECT model, strategy, seed, definition, scope, layer, module, head, query_heads,
+                  sum(n_params) AS n_params, sum(n_bio) AS n_bio, sum(n_qa) AS n_qa,
+                  sum(n_shared) AS n_shared
+           FROM shared_counts WHERE k_percent = ? AND head IS NOT NULL
+           GROUP BY ALL ORDER BY ALL""",
         [float(k_percent)],
     ).df()
-
-
-def chance_tolerance(n_ranked: int, k_percent: float, z: float = 5.0) -> float:
-    """Tolerance on shared_fraction for two independent top-K sets (hypergeometric).
-
-    |A ∩ B| for two random K-subsets of n is hypergeometric with mean K²/n and variance
-    K·(K/n)·(1−K/n)·(n−K)/(n−1). Returns z standard deviations of |A ∩ B|/n, plus the
-    rounding gap between K²/n² and (k/100)².
-    """
-    k = max(1, math.ceil(k_percent / 100 * n_ranked - 1e-9))
-    p = k / n_ranked
-    var = k * p * (1 - p) * (n_ranked - k) / max(n_ranked - 1, 1)
-    return z * math.sqrt(var) / n_ranked + abs(p * p - (k_percent / 100) ** 2)

@@ -2,27 +2,25 @@
 
 Layout: ``<out_dir>/model=<m>/strategy=<s>/seed=<n>/task=<bio|qa>/part-00000.parquet``.
 Columns: param (string), row int32, col int32, layer int16 (null outside blocks), module
-string, head int16 (null where no head; the KV head for Llama k/v), delta float32.
+string, head int16 (null where no head; the KV head for Llama k/v), neuron int32 (MLP rows:
+the row of up/gate or the column of down; null elsewhere), delta float32.
 
 Writing streams one tensor chunk at a time and buffers at most one row group (~1M rows).
 Encodings: dictionary only for the string columns; DELTA_BINARY_PACKED for the sorted
 integer index columns (they cost almost nothing); BYTE_STREAM_SPLIT + zstd for delta.
 
-Each file's schema metadata (key ``crosstrace``, JSON) records the run, the dump's
-``top_percent`` and threshold, and the element count of every (layer, module, head) cell of
-the full model, so counts and thresholds stay exact when only the top percent is dumped.
-
-The top-k threshold (one definition, shared with the SQL and the ablation): over the ranked
-elements of a task (n of them), K = max(1, ceil(k/100 · n)); the threshold is the K-th
-largest |Δ|, exactly; an element is in the top-k when |Δ| ≥ threshold.
+Each file's schema metadata (key ``crosstrace``, JSON) records the run and the dump's
+``top_percent`` and threshold. With ``top_percent`` p, only the elements with |Δ| at or above
+the top-p % threshold over *all* of the task's elements are written (the threshold comes from
+``crosstrace.rank``, the one definition of top-k). The analysis tables do not read the dump:
+they come from the ranking stage, so the dump is for SQL queries on the raw values.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +30,8 @@ from safetensors import safe_open
 
 from crosstrace.atomic import atomic_dir
 from crosstrace.errors import InputDataError
-from crosstrace.param_map import (
-    DEFAULT_RANK_MODULES,
-    MODULES,
-    NO_HEAD,
-    ParamMap,
-    ParamSpec,
-    layer_sort_key,
-)
+from crosstrace.param_map import MODULES, NO_HEAD, NO_NEURON, ParamMap, ParamSpec, layer_sort_key
+from crosstrace.rank import kth_largest, topk_size
 
 TASKS = ("bio", "qa")
 META_KEY = b"crosstrace"
@@ -55,59 +47,11 @@ SCHEMA = pa.schema(
         ("layer", pa.int16()),
         ("module", pa.string()),
         ("head", pa.int16()),
+        ("neuron", pa.int32()),
         ("delta", pa.float32()),
     ]
 )
 _MODULE_ARRAY = pa.array(MODULES, pa.string())
-
-
-def topk_count(k_percent: float, n_ranked: int) -> int:
-    """K = max(1, ceil(k/100 · n)): how many elements the top-k% holds (before ties)."""
-    return max(1, math.ceil(float(k_percent) / 100.0 * n_ranked - 1e-9))
-
-
-def kth_largest(chunks: Callable[[], Iterable[np.ndarray]], ks: Sequence[int]) -> list[float]:
-    """Exact K-th largest value of non-negative float32 data, streamed twice (radix select).
-
-    ``chunks`` is called once per pass and yields 1-D float32 arrays (|Δ| values). Non-negative
-    IEEE floats order like their bit patterns, so a histogram of the high 16 bits finds the
-    bucket holding the K-th largest, and a histogram of the low 16 bits inside it the value.
-    Memory: two 65536-bin histograms per K. Returns NaN where K exceeds the element count.
-    """
-    hi = np.zeros(1 << 16, dtype=np.int64)
-    for a in chunks():
-        bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-        hi += np.bincount(bits >> 16, minlength=1 << 16)
-    total = int(hi.sum())
-    above = np.cumsum(hi[::-1])[::-1]  # above[b] = count with high bits >= b
-    targets: dict[int, tuple[int, int]] = {}  # K -> (bucket, rank inside bucket from the top)
-    for k in ks:
-        if 1 <= k <= total:
-            b = int(np.flatnonzero(above >= k)[-1])
-            targets[k] = (b, k - (int(above[b + 1]) if b + 1 < len(above) else 0))
-    buckets = sorted({b for b, _ in targets.values()})
-    lo = {b: np.zeros(1 << 16, dtype=np.int64) for b in buckets}
-    if buckets:
-        want = np.array(buckets, dtype=np.uint32)
-        for a in chunks():
-            bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-            h = bits >> 16
-            sel = np.isin(h, want)
-            if not sel.any():
-                continue
-            for b in buckets:
-                inb = bits[sel][h[sel] == b]
-                lo[b] += np.bincount(inb & 0xFFFF, minlength=1 << 16)
-    out = []
-    for k in ks:
-        if k not in targets:
-            out.append(float("nan"))
-            continue
-        b, r = targets[k]
-        above_lo = np.cumsum(lo[b][::-1])[::-1]
-        low = int(np.flatnonzero(above_lo >= r)[-1])
-        out.append(float(np.array([(b << 16) | low], dtype=np.uint32).view(np.float32)[0]))
-    return out
 
 
 def _trace_keys(trace_path: Path) -> dict[str, list[str]]:
@@ -122,39 +66,24 @@ def _trace_keys(trace_path: Path) -> dict[str, list[str]]:
     return by_task
 
 
-def _ranked_abs(
-    trace_path: Path, task: str, specs: dict[str, ParamSpec], rank_modules: Sequence[str]
-) -> Callable[[], Iterator[np.ndarray]]:
-    """A re-callable stream of |Δ| over the ranked elements of one task, tensor by tensor."""
+def _top_threshold(
+    trace_path: Path, task: str, specs: dict[str, ParamSpec], top_percent: float
+) -> float:
+    """The top-``top_percent`` % threshold of |Δ| over every element of one task."""
+    n = sum(s.numel for s in specs.values())
+    k = topk_size(top_percent, n)
+    if k == 0:
+        raise InputDataError(
+            f"{trace_path}: trace.dump_top_percent={top_percent} keeps no element of {n}"
+        )
 
-    def gen() -> Iterator[np.ndarray]:
+    def chunks() -> Iterator[np.ndarray]:
         with safe_open(str(trace_path), framework="np") as f:
-            for name, spec in specs.items():
-                rows = spec.ranked_rows(rank_modules)
-                if not rows.any():
-                    continue
-                a = np.abs(f.get_tensor(f"{task}/{name}").reshape(spec.n_rows, spec.n_cols))
-                yield (a if rows.all() else a[rows]).reshape(-1)
+            for name in specs:
+                yield np.abs(f.get_tensor(f"{task}/{name}").reshape(-1))
 
-    return gen
-
-
-def task_thresholds(
-    trace_path: str | os.PathLike[str],
-    model_dir: str | os.PathLike[str],
-    k_percents: Sequence[float],
-    *,
-    task: str,
-    rank_modules: Sequence[str] = DEFAULT_RANK_MODULES,
-) -> dict[float, float]:
-    """{k_percent: threshold} for one task of a trace file (the shared top-k definition)."""
-    trace_path = Path(trace_path)
-    pmap = ParamMap(model_dir)
-    specs = _specs(trace_path, pmap, task)
-    n = sum(int(s.ranked_rows(rank_modules).sum()) * s.n_cols for s in specs.values())
-    ks = [topk_count(k, n) for k in k_percents]
-    values = kth_largest(_ranked_abs(trace_path, task, specs, rank_modules), ks)
-    return dict(zip(k_percents, values, strict=True))
+    (threshold,) = kth_largest(chunks, [k])
+    return threshold
 
 
 def _specs(trace_path: Path, pmap: ParamMap, task: str) -> dict[str, ParamSpec]:
@@ -201,9 +130,10 @@ class _Buffered:
                     "col": "DELTA_BINARY_PACKED",
                     "layer": "DELTA_BINARY_PACKED",
                     "head": "DELTA_BINARY_PACKED",
+                    "neuron": "DELTA_BINARY_PACKED",
                     "delta": "BYTE_STREAM_SPLIT",
                 },
-                write_statistics=["param", "row", "col", "layer", "module", "head"],
+                write_statistics=["param", "row", "col", "layer", "module", "head", "neuron"],
             )
         return self.writer
 
@@ -241,6 +171,8 @@ def _batch(name: str, spec: ParamSpec, start: int, stop: int, delta: np.ndarray,
     n = len(delta)
     head = cols["head"]
     head_arr = pa.array(head, pa.int16(), mask=head == NO_HEAD)
+    neuron = cols["neuron"]
+    neuron_arr = pa.array(neuron, pa.int32(), mask=neuron == NO_NEURON)
     if spec.layer is None:
         layer_arr = pa.nulls(n, pa.int16())
     else:
@@ -257,6 +189,7 @@ def _batch(name: str, spec: ParamSpec, start: int, stop: int, delta: np.ndarray,
             layer_arr,
             module.dictionary_decode(),
             head_arr,
+            neuron_arr,
             pa.array(np.ascontiguousarray(delta, dtype=np.float32)),
         ],
         schema=SCHEMA,
@@ -272,7 +205,6 @@ def dump_trace(
     strategy: str,
     seed: int,
     top_percent: float | None = None,
-    rank_modules: Sequence[str] = DEFAULT_RANK_MODULES,
     row_group_size: int = ROW_GROUP_SIZE,
     rows_per_file: int = ROWS_PER_FILE,
 ) -> Path:
@@ -280,8 +212,7 @@ def dump_trace(
 
     ``model_dir`` is an HF model folder (its config.json gives the architecture). With
     ``top_percent`` None every element is written; otherwise, per task, the elements with
-    |Δ| ≥ the top-``top_percent``% threshold over the ranked elements (all modules are
-    filtered with that one threshold). The run folder
+    |Δ| ≥ the top-``top_percent``% threshold over all of the task's elements. The run folder
     ``out_dir/model=…/strategy=…/seed=…`` is replaced atomically. Returns it.
     """
     trace_path = Path(trace_path)
@@ -289,9 +220,6 @@ def dump_trace(
         raise InputDataError(f"trace file not found: {trace_path}")
     if top_percent is not None and not 0 < float(top_percent) <= 100:
         raise InputDataError(f"top_percent must be in (0, 100] or null, got {top_percent!r}")
-    unknown = sorted(set(rank_modules) - set(MODULES))
-    if unknown:
-        raise InputDataError(f"unknown rank_modules {unknown}; allowed: {list(MODULES)}")
     pmap = ParamMap(model_dir)
     tasks = _trace_keys(trace_path)
     if sorted(tasks) != sorted(TASKS):
@@ -300,18 +228,9 @@ def dump_trace(
     with atomic_dir(run_dir) as tmp:
         for task in TASKS:
             specs = _specs(trace_path, pmap, task)
-            n_ranked = sum(
-                int(s.ranked_rows(rank_modules).sum()) * s.n_cols for s in specs.values()
-            )
             threshold = None
             if top_percent is not None:
-                (threshold,) = kth_largest(
-                    _ranked_abs(trace_path, task, specs, rank_modules),
-                    [topk_count(top_percent, n_ranked)],
-                )
-            cells = []
-            for spec in specs.values():
-                cells.extend([c[0], c[1], c[2], c[3]] for c in spec.cells())
+                threshold = _top_threshold(trace_path, task, specs, float(top_percent))
             meta = {
                 "format": FORMAT,
                 "model": model,
@@ -321,9 +240,6 @@ def dump_trace(
                 "arch": pmap.info.arch,
                 "top_percent": top_percent,
                 "threshold": threshold,
-                "rank_modules": list(rank_modules),
-                "n_ranked": n_ranked,
-                "cells": cells,
             }
             folder = tmp / f"task={task}"
             folder.mkdir()

@@ -48,7 +48,9 @@ DEFAULT_RANK_MODULES: tuple[str, ...] = (
     "mlp.down",
 )
 NO_HEAD = -1  # sentinel in the int16 head arrays; written as null
+NO_NEURON = -1  # sentinel in the int32 neuron arrays; written as null
 NO_LAYER = -1
+MLP_MODULES: tuple[str, ...] = ("mlp.up", "mlp.gate", "mlp.down")
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 
@@ -58,17 +60,17 @@ _LLAMA_BLOCK = {
     "self_attn.k_proj": ("rows_kv", "attn.k"),
     "self_attn.v_proj": ("rows_kv", "attn.v"),
     "self_attn.o_proj": ("cols_q", "attn.o"),
-    "mlp.gate_proj": ("plain", "mlp.gate"),
-    "mlp.up_proj": ("plain", "mlp.up"),
-    "mlp.down_proj": ("plain", "mlp.down"),
+    "mlp.gate_proj": ("rows_neuron", "mlp.gate"),
+    "mlp.up_proj": ("rows_neuron", "mlp.up"),
+    "mlp.down_proj": ("cols_neuron", "mlp.down"),
     "input_layernorm": ("plain", "norm"),
     "post_attention_layernorm": ("plain", "norm"),
 }
 _NEOX_BLOCK = {
     "attention.query_key_value": ("fused_qkv", None),
     "attention.dense": ("cols_q", "attn.o"),
-    "mlp.dense_h_to_4h": ("plain", "mlp.up"),
-    "mlp.dense_4h_to_h": ("plain", "mlp.down"),
+    "mlp.dense_h_to_4h": ("rows_neuron", "mlp.up"),
+    "mlp.dense_4h_to_h": ("cols_neuron", "mlp.down"),
     "input_layernorm": ("plain", "norm"),
     "post_attention_layernorm": ("plain", "norm"),
 }
@@ -106,6 +108,10 @@ class ParamSpec:
     ``row_module`` (int8 module codes, one per row) and ``row_head``/``col_head`` (int16,
     ``NO_HEAD`` where none) are short arrays; element (r, c) has module ``row_module[r]`` and
     head ``row_head[r]`` or ``col_head[c]``. A 1-D tensor has one column.
+
+    MLP neuron j is row j of the up/gate projection (``gate_proj``, ``up_proj``,
+    ``dense_h_to_4h``, their biases too) plus column j of the down projection (``down_proj``,
+    ``dense_4h_to_h``): ``row_neuron`` / ``col_neuron`` (int32, ``NO_NEURON`` where none).
     """
 
     name: str
@@ -114,6 +120,8 @@ class ParamSpec:
     row_module: np.ndarray
     row_head: np.ndarray | None
     col_head: np.ndarray | None
+    row_neuron: np.ndarray | None = None
+    col_neuron: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -127,6 +135,11 @@ class ParamSpec:
     def numel(self) -> int:
         return self.n_rows * self.n_cols
 
+    @property
+    def is_matrix(self) -> bool:
+        """A weight matrix (2-D or more); biases and norm weights are 1-D."""
+        return len(self.shape) >= 2
+
     def modules(self) -> set[str]:
         return {MODULES[c] for c in np.unique(self.row_module)}
 
@@ -134,7 +147,8 @@ class ParamSpec:
         """Labels for the flat (row-major) element range [start, stop).
 
         Returns ``row`` int32, ``col`` int32, ``module`` int8 code, ``head`` int16
-        (``NO_HEAD`` where none). The layer is constant: ``self.layer``.
+        (``NO_HEAD`` where none), ``neuron`` int32 (``NO_NEURON`` where none). The layer is
+        constant: ``self.layer``.
         """
         stop = self.numel if stop is None else stop
         flat = np.arange(start, stop, dtype=np.int64)
@@ -148,7 +162,13 @@ class ParamSpec:
             head = self.col_head[col]
         else:
             head = np.full(stop - start, NO_HEAD, dtype=np.int16)
-        return {"row": row, "col": col, "module": module, "head": head}
+        if self.row_neuron is not None:
+            neuron = self.row_neuron[row]
+        elif self.col_neuron is not None:
+            neuron = self.col_neuron[col]
+        else:
+            neuron = np.full(stop - start, NO_NEURON, dtype=np.int32)
+        return {"row": row, "col": col, "module": module, "head": head, "neuron": neuron}
 
     def ranked_rows(self, rank_modules: tuple[str, ...] | list[str]) -> np.ndarray:
         """Boolean per row: is this row's module ranked?"""
@@ -244,6 +264,16 @@ class ParamMap:
         is_bias = len(shape) == 1
         if kind == "plain":
             return ParamSpec(name, shape, layer, _const(n_rows, module), None, None)
+        if kind == "rows_neuron":
+            return ParamSpec(
+                name, shape, layer, _const(n_rows, module), None, None, row_neuron=_arange(n_rows)
+            )
+        if kind == "cols_neuron":
+            if is_bias:  # the down projection's bias lives in the residual stream, not a neuron
+                return ParamSpec(name, shape, layer, _const(n_rows, module), None, None)
+            return ParamSpec(
+                name, shape, layer, _const(n_rows, module), None, None, col_neuron=_arange(n_cols)
+            )
         if kind == "rows_q":
             self._check(name, n_rows, self.info.num_heads * hd)
             return ParamSpec(name, shape, layer, _const(n_rows, module), _heads(n_rows, hd), None)
@@ -270,6 +300,10 @@ class ParamMap:
 
 def _const(n: int, module: str) -> np.ndarray:
     return np.full(n, MODULE_CODE[module], dtype=np.int8)
+
+
+def _arange(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int32)
 
 
 def _heads(n: int, size: int) -> np.ndarray:

@@ -5,8 +5,12 @@ Figures (file stem → caption in workflow/report/<stem>.rst):
 - ``accuracy``: exact-match accuracy by strategy × split × model (mean over seeds).
 - ``shared_by_layer_module``: shared parameters per layer and module, stage vs mix.
 - ``shared_head_heatmap``: layer × head heatmap of shared parameters per attention module.
-- ``overlap_vs_k``: shared fraction vs k with the chance line (k/100)².
-- ``ablation``: accuracy drop when shared parameters are reset, vs the controls.
+- ``overlap_vs_k``: enrichment of the shared set over the stratified null, vs k.
+- ``concentration``: Gini of the shared set over heads and neurons, next to each task's own.
+- ``ablation``: accuracy drop when shared parameters are reset, vs the matched controls.
+
+The per-layer, per-head and concentration figures show one ranking (``definition`` and
+``scope``): the first of each in the tables (the config's order), named in the title.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -32,8 +35,10 @@ FIGURES = (
     "shared_by_layer_module",
     "shared_head_heatmap",
     "overlap_vs_k",
+    "concentration",
     "ablation",
 )
+SPLIT_ORDER = ["id", "ood", "bio_id", "bio_ood"]
 FORMATS = ("png", "pdf", "svg")
 CONDITION_ORDER = ["shared", "random", "bio_only", "qa_only"]
 MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"]
@@ -42,7 +47,7 @@ MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "m
 def load_tables(source: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     """Analysis tables from a tables folder (``<name>.parquet``) or a DuckDB file."""
     source = Path(source)
-    names = ("accuracy", "shared_counts", "overlap", "ablation", "concentration")
+    names = ("accuracy", "shared_counts", "overlap", "ablation_draws", "concentration")
     if source.is_file():
         from crosstrace.database import connect
 
@@ -92,7 +97,7 @@ def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
         hue="split",
         col="model",
         kind="bar",
-        hue_order=[s for s in ("id", "ood") if s in set(d["split"])],
+        hue_order=[s for s in SPLIT_ORDER if s in set(d["split"])],
         errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
         height=3.5,
         aspect=1.0,
@@ -103,14 +108,29 @@ def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
     g.legend.set_title("split")
     sns.move_legend(g, "upper left", bbox_to_anchor=(1.0, 0.9))
     g.figure.suptitle(title, y=1.04)
-    g.figure.text(0.5, -0.04, "id: people whose QA was trained · ood: held-out people", ha="center")
+    g.figure.text(
+        0.5,
+        -0.04,
+        "id: people whose QA was trained · ood: held-out people · bio_*: first attribute token "
+        "in their bios (teacher-forced)",
+        ha="center",
+    )
     return g.figure
+
+
+def primary(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of the first definition and scope in the table, and a label for titles."""
+    if df.empty or "definition" not in df:
+        return df, ""
+    d0, s0 = df["definition"].iloc[0], df["scope"].iloc[0]
+    return df[(df["definition"] == d0) & (df["scope"] == s0)], f"{d0} Δ, {s0} top-k"
 
 
 def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure:
     title = "Shared parameters (top-k BIO ∩ top-k QA) per layer and module"
     if shared.empty or k is None:
         return _empty(title, "no shared_counts")
+    shared, label = primary(shared)
     d = shared[(shared["k_percent"] == k) & shared["layer"].notna()]
     d = d.groupby(["model", "strategy", "seed", "layer", "module"], as_index=False)[
         "n_shared"
@@ -133,7 +153,7 @@ def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure
     )
     g.set_axis_labels("layer", "shared parameters")
     g.set_titles("{row_name} · {col_name}")
-    g.figure.suptitle(f"{title}, k = {k:g}% (mean over seeds)", y=1.03)
+    g.figure.suptitle(f"{title}, k = {k:g}%, {label} (mean over seeds)", y=1.03)
     return g.figure
 
 
@@ -141,6 +161,7 @@ def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
     title = "Shared parameters per layer and head"
     if shared.empty or k is None:
         return _empty(title, "no shared_counts")
+    shared, label = primary(shared)
     d = shared[(shared["k_percent"] == k) & shared["head"].notna() & shared["layer"].notna()]
     d = d[d["module"].str.startswith("attn.")]
     if d.empty:
@@ -179,43 +200,82 @@ def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
             ax.set_title(f"{model} · {strategy} · {module}", fontsize=9)
             ax.set_xlabel(f"head{kv}")
             ax.set_ylabel("layer")
-    fig.suptitle(f"{title}, k = {k:g}% (mean over seeds)")
+    fig.suptitle(f"{title}, k = {k:g}%, {label} (mean over seeds)")
     fig.tight_layout()
     return fig
 
 
 def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
-    title = "Overlap of BIO and QA top-k sets vs k"
+    title = "Shared parameters vs the stratified null"
     if overlap.empty:
         return _empty(title, "no overlap table")
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    sns.lineplot(
-        data=overlap,
+    d = overlap.copy()
+    d["ranking"] = d["definition"] + " · " + d["scope"]
+    g = sns.relplot(
+        data=d,
         x="k_percent",
-        y="shared_fraction",
+        y="enrichment",
         hue="strategy",
         style="model",
+        col="ranking",
+        kind="line",
         markers=True,
-        errorbar=("ci", 95) if overlap["seed"].nunique() > 1 else None,
-        ax=ax,
+        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
+        height=3.4,
+        aspect=1.1,
+        facet_kws={"sharey": False},
     )
-    ks = np.geomspace(overlap["k_percent"].min(), overlap["k_percent"].max(), 50)
-    ax.plot(ks, (ks / 100) ** 2, color="grey", ls=":", lw=2, label="chance (k/100)²")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("k (% of ranked parameters)")
-    ax.set_ylabel("shared fraction of ranked parameters")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    for ax in g.axes.flat:
+        ax.axhline(1.0, color="grey", ls=":", lw=2)
+        ax.set_xscale("log")
+    g.set_axis_labels("k (% of ranked parameters)", "n_shared / expected_shared")
+    g.set_titles("{col_name}")
+    g.figure.suptitle(
+        f"{title}: 1 (dotted) = two independent top-k sets with the observed size in every "
+        "head slice / tensor",
+        y=1.05,
+    )
+    return g.figure
 
 
-def fig_ablation(ablation: pd.DataFrame) -> plt.Figure:
+def fig_concentration(conc: pd.DataFrame, k: float | None) -> plt.Figure:
+    title = "Concentration of the shared set, next to each task's own top-k set"
+    if conc.empty or k is None:
+        return _empty(title, "no concentration table")
+    conc, label = primary(conc)
+    d = conc[(conc["k_percent"] == k) & conc["unit"].isin(["head", "neuron"])]
+    g = sns.catplot(
+        data=d,
+        x="set",
+        y="gini",
+        hue="strategy",
+        col="unit",
+        row="model",
+        kind="bar",
+        order=["shared", "bio", "qa"],
+        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
+        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
+        height=3.0,
+        aspect=1.1,
+    )
+    g.set(ylim=(0, 1))
+    g.set_axis_labels("top-k set", "Gini over units")
+    g.set_titles("{row_name} · {col_name}s")
+    g.figure.suptitle(f"{title}, k = {k:g}%, {label}", y=1.03)
+    return g.figure
+
+
+def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     title = "Accuracy drop when parameters are reset to θ0"
-    if ablation.empty:
+    if draws.empty:
         return _empty(title, "no ablation results")
-    d = ablation[ablation["condition"] != "none"].copy()
+    draws, label = primary(draws)
+    none = draws[draws["condition"] == "none"].groupby(["model", "strategy", "seed", "split"])[
+        "accuracy"
+    ]
+    base = none.first().rename("accuracy_none").reset_index()
+    d = draws[draws["condition"] != "none"].merge(base, on=["model", "strategy", "seed", "split"])
+    d["accuracy_drop"] = d["accuracy_none"] - d["accuracy"]
     d["run"] = d["model"] + " · " + d["strategy"]
     d["k"] = d["k_percent"].map(lambda k: f"k = {k:g}%")
     g = sns.catplot(
@@ -227,7 +287,7 @@ def fig_ablation(ablation: pd.DataFrame) -> plt.Figure:
         row="run",
         kind="bar",
         order=[c for c in CONDITION_ORDER if c in set(d["condition"])],
-        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
+        errorbar="sd",
         height=3.0,
         aspect=1.2,
     )
@@ -236,7 +296,10 @@ def fig_ablation(ablation: pd.DataFrame) -> plt.Figure:
     for ax in g.axes.flat:
         ax.axhline(0, color="k", lw=0.8)
         ax.tick_params(axis="x", rotation=20)
-    g.figure.suptitle(f"{title}: shared vs random, BIO-only and QA-only controls", y=1.03)
+    g.figure.suptitle(
+        f"{title} ({label}): shared vs matched controls (error bars: sd over draws and seeds)",
+        y=1.03,
+    )
     return g.figure
 
 
@@ -265,7 +328,8 @@ def make_figures(
         "shared_by_layer_module": lambda: fig_shared_layer_module(t["shared_counts"], k),
         "shared_head_heatmap": lambda: fig_head_heatmap(t["shared_counts"], k),
         "overlap_vs_k": lambda: fig_overlap(t["overlap"]),
-        "ablation": lambda: fig_ablation(t["ablation"]),
+        "concentration": lambda: fig_concentration(t["concentration"], k),
+        "ablation": lambda: fig_ablation(t["ablation_draws"]),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

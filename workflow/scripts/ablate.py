@@ -1,22 +1,24 @@
-"""Adapter: ablation of shared top-k parameters vs controls for one run (rules/ablate.smk)."""
+"""Adapter: ablation of the shared top-k parameters vs matched controls (rules/ablate.smk)."""
 
 from crosstrace.joblog import start_job
 
 start_job(snakemake.log[0], snakemake.threads)
 
 from crosstrace.ablate import ablate_run  # noqa: E402
+from crosstrace.rank import RankSettings, Run  # noqa: E402
 
+settings = RankSettings(**snakemake.params.settings)
 ablate_run(
     snakemake.input.model,
     snakemake.input.base,
-    snakemake.input.trace,
+    {d: snakemake.input[d] for d in settings.definitions},
+    snakemake.input.ranking,
     snakemake.input.qa,
     snakemake.output.ablation,
-    **snakemake.params.run,
-    k_percent=snakemake.params.k_percent,
-    rank_modules=snakemake.params.rank_modules,
+    run=Run(**snakemake.params.run),
+    settings=settings,
+    draws=snakemake.params.draws,
     ablation_seed=snakemake.params.ablation_seed,
     batch_size=snakemake.params.batch_size,
-    max_new_tokens=snakemake.params.max_new_tokens,
     device=snakemake.params.device,
 )

@@ -13,5 +13,4 @@ dump_trace(
     snakemake.params.trace_root,
     **snakemake.params.run,
     top_percent=snakemake.params.top_percent,
-    rank_modules=snakemake.params.rank_modules,
 )

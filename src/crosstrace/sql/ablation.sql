@@ -1,10 +1,20 @@
--- Ablation results with the drop from the unablated model (condition 'none') of the same run,
--- k and split: accuracy_drop = accuracy(none) - accuracy(condition).
+-- Ablation per run, definition, scope, k, condition and split: the mean over the control
+-- draws (one draw for none and shared), their standard deviation and range, and the drop
+-- from θT (condition 'none' of the same run and split): accuracy_drop = θT − ablated.
 CREATE TABLE ablation AS
-SELECT a.*, n.accuracy - a.accuracy AS accuracy_drop
-FROM ablation_raw AS a
-LEFT JOIN ablation_raw AS n
-  ON n.condition = 'none' AND n.model = a.model AND n.strategy = a.strategy
- AND n.seed = a.seed AND n.k_percent = a.k_percent AND n.split = a.split
-ORDER BY a.model, a.strategy, a.seed, a.k_percent, a.split, a.condition;
-DROP TABLE ablation_raw;
+WITH base AS (
+    SELECT model, strategy, seed, split, any_value(accuracy) AS accuracy_none
+    FROM ablation_draws WHERE condition = 'none'
+    GROUP BY ALL
+)
+SELECT a.model, a.strategy, a.seed, a.definition, a.scope, a.k_percent, a.condition, a.split,
+       count(*) AS n_draws, any_value(a.n_target) AS n_target,
+       avg(a.n_reset) AS n_reset, any_value(a.n) AS n,
+       avg(a.accuracy) AS accuracy,
+       stddev_samp(a.accuracy) AS accuracy_sd,
+       min(a.accuracy) AS accuracy_min, max(a.accuracy) AS accuracy_max,
+       any_value(b.accuracy_none) - avg(a.accuracy) AS accuracy_drop
+FROM ablation_draws AS a
+JOIN base AS b USING (model, strategy, seed, split)
+GROUP BY a.model, a.strategy, a.seed, a.definition, a.scope, a.k_percent, a.condition, a.split
+ORDER BY ALL;

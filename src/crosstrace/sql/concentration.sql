@@ -1,19 +1,35 @@
--- How concentrated the shared parameters are, per run and k, over two kinds of unit:
---   unit = 'head':  attention head slices, one per (layer, module, head) with a head
---   unit = 'layer': transformer layers (all ranked modules)
--- gini over the units' n_shared (0 = even, →1 = all in one unit); entropy in bits and
--- normalised by log2(n_units); top10_share = share of n_shared held by the 10 largest units.
+-- How concentrated a top-k set is over units, for the shared set and, as its reference, for
+-- each task's own top-k set (column "set": shared | bio | qa). Units:
+--   head:   an attention head slice of one module, (layer, module, head); Llama k/v heads are
+--           KV heads, so each module keeps its own index space
+--   neuron: an MLP neuron, (layer, neuron) over its up, gate and down elements
+--   layer:  a transformer layer (every ranked module)
+-- gini over the units' counts (0 = even, →1 = all in one unit); entropy in bits, and
+-- normalised by log2(n_units); top10_share = share held by the 10 largest units.
 CREATE TABLE concentration AS
-WITH units AS (
-    SELECT model, strategy, seed, k_percent, 'head' AS unit, sum(n_shared) AS x
+WITH cells AS (
+    SELECT model, strategy, seed, definition, scope, k_percent, layer, module, head, neuron,
+           n_shared, n_bio, n_qa
     FROM shared_counts
-    WHERE head IS NOT NULL AND module LIKE 'attn.%'
-    GROUP BY model, strategy, seed, k_percent, layer, module, head
+),
+units AS (
+    SELECT model, strategy, seed, definition, scope, k_percent, 'head' AS unit,
+           sum(n_shared) AS shared, sum(n_bio) AS bio, sum(n_qa) AS qa
+    FROM cells WHERE head IS NOT NULL AND module LIKE 'attn.%'
+    GROUP BY model, strategy, seed, definition, scope, k_percent, layer, module, head
     UNION ALL
-    SELECT model, strategy, seed, k_percent, 'layer' AS unit, sum(n_shared) AS x
-    FROM shared_counts
-    WHERE layer IS NOT NULL
-    GROUP BY model, strategy, seed, k_percent, layer
+    SELECT model, strategy, seed, definition, scope, k_percent, 'neuron' AS unit,
+           sum(n_shared), sum(n_bio), sum(n_qa)
+    FROM cells WHERE neuron IS NOT NULL
+    GROUP BY model, strategy, seed, definition, scope, k_percent, layer, neuron
+    UNION ALL
+    SELECT model, strategy, seed, definition, scope, k_percent, 'layer' AS unit,
+           sum(n_shared), sum(n_bio), sum(n_qa)
+    FROM cells WHERE layer IS NOT NULL
+    GROUP BY model, strategy, seed, definition, scope, k_percent, layer
+),
+long AS (
+    UNPIVOT units ON shared, bio, qa INTO NAME "set" VALUE x
 ),
 ranked AS (
     SELECT *,
@@ -21,14 +37,17 @@ ranked AS (
            row_number() OVER w_desc AS r,
            count(*) OVER w_all AS n_units,
            sum(x) OVER w_all AS total
-    FROM units
-    WINDOW w_asc AS (PARTITION BY model, strategy, seed, k_percent, unit ORDER BY x),
-           w_desc AS (PARTITION BY model, strategy, seed, k_percent, unit ORDER BY x DESC),
-           w_all AS (PARTITION BY model, strategy, seed, k_percent, unit)
+    FROM long
+    WINDOW w_asc AS (PARTITION BY model, strategy, seed, definition, scope, k_percent, unit,
+                     "set" ORDER BY x),
+           w_desc AS (PARTITION BY model, strategy, seed, definition, scope, k_percent, unit,
+                      "set" ORDER BY x DESC),
+           w_all AS (PARTITION BY model, strategy, seed, definition, scope, k_percent, unit,
+                     "set")
 )
-SELECT model, strategy, seed, k_percent, unit,
+SELECT model, strategy, seed, definition, scope, k_percent, unit, "set",
        any_value(n_units)::BIGINT AS n_units,
-       any_value(total)::BIGINT AS n_shared,
+       any_value(total)::BIGINT AS n_members,
        CASE WHEN any_value(total) > 0 THEN
            2.0 * sum(i * x) / (any_value(n_units) * any_value(total))
            - (any_value(n_units) + 1.0) / any_value(n_units) END AS gini,
@@ -41,5 +60,5 @@ SELECT model, strategy, seed, k_percent, unit,
        CASE WHEN any_value(total) > 0 THEN
            sum(x) FILTER (WHERE r <= 10) / any_value(total) END AS top10_share
 FROM ranked
-GROUP BY model, strategy, seed, k_percent, unit
-ORDER BY model, strategy, seed, k_percent, unit;
+GROUP BY model, strategy, seed, definition, scope, k_percent, unit, "set"
+ORDER BY model, strategy, seed, definition, scope, k_percent, unit, "set";

@@ -1,36 +1,34 @@
 -- Tables filled by crosstrace.database.build_database (one statement per ';').
 CREATE TABLE crosstrace_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE k_values (k_percent DOUBLE PRIMARY KEY);
-CREATE TABLE rank_modules (module VARCHAR PRIMARY KEY);
 -- one row per dumped (run, task): how it was dumped (top_percent null = every element)
 CREATE TABLE trace_runs (
     model VARCHAR, strategy VARCHAR, seed BIGINT, task VARCHAR,
     arch VARCHAR, top_percent DOUBLE, dump_threshold FLOAT, n_files BIGINT
 );
--- element counts of every (layer, module, head) cell of the full model, from the dump metadata
-CREATE TABLE trace_cells (
-    model VARCHAR, strategy VARCHAR, seed BIGINT, task VARCHAR,
-    layer SMALLINT, module VARCHAR, head SMALLINT, n_params BIGINT
+-- the ranking stage's thresholds and per-tensor top-k counts (results/runs/…/ranking.parquet)
+CREATE TABLE ranking (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
+    k_percent DOUBLE, task VARCHAR, param VARCHAR, layer INTEGER, module VARCHAR,
+    n_ranked BIGINT, n_tensor BIGINT, k_size BIGINT, threshold FLOAT, n_top BIGINT
 );
-CREATE TABLE thresholds (
-    model VARCHAR, strategy VARCHAR, seed BIGINT, task VARCHAR, k_percent DOUBLE,
-    n_ranked BIGINT, k_rows BIGINT, threshold FLOAT
+-- per cell (head slice, MLP neuron, or the tensor): ranked elements and top-k members
+CREATE TABLE shared_counts (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
+    k_percent DOUBLE, param VARCHAR, layer INTEGER, module VARCHAR, head INTEGER,
+    neuron INTEGER, query_heads INTEGER[], n_params BIGINT, n_bio BIGINT, n_qa BIGINT,
+    n_shared BIGINT
 );
-CREATE TEMP TABLE threshold_targets (
-    model VARCHAR, strategy VARCHAR, seed BIGINT, task VARCHAR, k_percent DOUBLE,
-    n_ranked BIGINT, k_rows BIGINT, r BIGINT, lo FLOAT, hi FLOAT
-);
--- top-k members per (run, task, k); lk / hk are layer / head with -1 for null
-CREATE TEMP TABLE topk (
-    model VARCHAR, strategy VARCHAR, seed BIGINT, task VARCHAR, k_percent DOUBLE,
-    param VARCHAR, "row" INTEGER, col INTEGER, lk SMALLINT, module VARCHAR, hk SMALLINT
+CREATE TABLE definition_agreement (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, scope VARCHAR, k_percent DOUBLE,
+    task VARCHAR, n_trajectory BIGINT, n_endpoint BIGINT, n_both BIGINT, jaccard DOUBLE
 );
 CREATE TABLE accuracy (
     model VARCHAR, strategy VARCHAR, seed BIGINT, split VARCHAR, attribute VARCHAR,
     n BIGINT, correct BIGINT, accuracy DOUBLE, first_token_correct BIGINT,
     first_token_accuracy DOUBLE
 );
-CREATE TABLE ablation_raw (
-    model VARCHAR, strategy VARCHAR, seed BIGINT, k_percent DOUBLE, condition VARCHAR,
-    n_reset BIGINT, split VARCHAR, accuracy DOUBLE
+CREATE TABLE ablation_draws (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
+    k_percent DOUBLE, condition VARCHAR, draw BIGINT, n_target BIGINT, n_reset BIGINT,
+    split VARCHAR, n BIGINT, accuracy DOUBLE
 );

@@ -1,0 +1,23 @@
+rule endpoint_trace:
+    """The endpoint definition of Δ: each task's mean-loss gradient at θT (no trajectory)."""
+    input:
+        **DATA,
+        model=res("runs/{model}/{strategy}/seed{seed}/final"),
+    output:
+        trace=res("runs/{model}/{strategy}/seed{seed}/endpoint_trace.safetensors"),
+    log:
+        res("logs/endpoint_trace/{model}/{strategy}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/endpoint_trace/{model}/{strategy}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=8000,
+        gpu=1,
+    params:
+        batch_size=config["training"]["batch_size"],
+        device=config["device"],
+    script:
+        "../workflow/scripts/posthoc.py"

@@ -1,0 +1,25 @@
+rule rank:
+    """Top-k sets of one run: thresholds, per-tensor and per-cell counts (the one definition)."""
+    input:
+        unpack(rank_traces),
+        model=res("runs/{model}/{strategy}/seed{seed}/final"),
+    output:
+        **ranking_files("{model}", "{strategy}", "{seed}"),
+    log:
+        res("logs/rank/{model}/{strategy}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/rank/{model}/{strategy}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=4000,
+    params:
+        run=lambda wc: {
+            "model": wc.model,
+            "strategy": wc.strategy,
+            "seed": int(wc.seed),
+        },
+        settings=rank_settings(),
+    script:
+        "../workflow/scripts/rank.py"

@@ -1,0 +1,595 @@
+"""Top-k ranking of a run's trace: the one definition of the top-k sets.
+
+Every consumer (the trace dump's ``top_percent`` filter, the SQL tables and the ablation) takes
+its sets from here; nothing else computes a threshold.
+
+**Ranked population.** The elements of the *logical tensors* of a model whose module is in
+``rank_modules``: a logical tensor is the rows of one module in one parameter (GPT-NeoX's fused
+``query_key_value`` holds three: q, k and v). ``rank_params: matrices`` (the default) keeps
+weight matrices only, so biases and norm weights (1-D) are left out; ``all`` keeps them.
+
+**Top-k.** For a population of n elements, K = round(k/100 · n) (half up); K = 0 is an error.
+The threshold is the K-th largest |Δ| exactly, and an element is in the top-k when
+|Δ| ≥ threshold (ties at the threshold are kept, so a set can hold a few more than K; its
+size is recorded). ``scope: global`` ranks the whole population at once; ``scope: per_tensor``
+takes the top-k % of each logical tensor separately (free of the orders of magnitude between
+tensors' gradient scales).
+
+**Definitions.** ``trajectory``: Δ = Σ_t lr_t · g_t, the trace kept during training.
+``endpoint``: the gradient of each task's mean loss at θT (``crosstrace.posthoc``).
+
+**Cells.** Counts are kept per cell: an attention head slice of a tensor (the KV head for
+Llama k/v, with the query heads it serves), an MLP neuron (a row of up/gate, a column of down),
+or the whole logical tensor where neither applies. The *stratum* of the null and of the matched
+controls is (param, module, head): a head slice, or the whole tensor for MLP and the rest.
+
+Outputs of :func:`rank_run` (Parquet, each with the run and the settings in its metadata):
+
+- ``ranking.parquet``: per definition, scope, k, task and logical tensor: the population size
+  ``n_ranked``, the tensor's size ``n_tensor``, ``k_size`` (K of the population ranked:
+  the whole one for ``global``, the tensor for ``per_tensor``), ``threshold`` and ``n_top``.
+- ``ranking_cells.parquet``: per definition, scope, k and cell: ``n_params``, ``n_bio``,
+  ``n_qa``, ``n_shared``.
+- ``ranking_agreement.parquet``: per scope, k and task: how far the trajectory and endpoint
+  top-k sets agree (Jaccard), when both definitions are ranked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors import SafetensorError, safe_open
+
+from crosstrace.atomic import atomic_file
+from crosstrace.errors import ConfigError, InputDataError
+from crosstrace.param_map import MODULE_CODE, MODULES, NO_HEAD, NO_NEURON, ParamMap, ParamSpec
+
+TASKS = ("bio", "qa")
+SCOPES = ("global", "per_tensor")
+DEFINITIONS = ("trajectory", "endpoint")
+RANK_PARAMS = ("matrices", "all")
+META_KEY = b"crosstrace"
+FORMAT = "crosstrace-ranking/1"
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """What a ranking was computed with (``analysis:`` in the config)."""
+
+    k_percent: tuple[float, ...]
+    rank_modules: tuple[str, ...]
+    rank_params: str = "matrices"
+    scopes: tuple[str, ...] = SCOPES
+    definitions: tuple[str, ...] = ("trajectory",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k_percent", tuple(sorted({float(k) for k in self.k_percent})))
+        object.__setattr__(self, "rank_modules", tuple(self.rank_modules))
+        object.__setattr__(self, "scopes", tuple(self.scopes))
+        object.__setattr__(self, "definitions", tuple(self.definitions))
+        bad_k = [k for k in self.k_percent if not 0 < k <= 100]
+        if not self.k_percent or bad_k:
+            raise ConfigError(f"analysis.k_percent: every k must be in (0, 100], got {bad_k}")
+        for key, values, allowed in (
+            ("rank_modules", self.rank_modules, MODULES),
+            ("rank_scope", self.scopes, SCOPES),
+            ("definitions", self.definitions, DEFINITIONS),
+        ):
+            unknown = [v for v in values if v not in allowed]
+            if unknown or not values:
+                raise ConfigError(
+                    f"analysis.{key}: {unknown or 'empty'}; allowed: {', '.join(allowed)}"
+                )
+        if self.rank_params not in RANK_PARAMS:
+            raise ConfigError(
+                f"analysis.rank_params: {self.rank_params!r} is not one of {', '.join(RANK_PARAMS)}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def topk_size(k_percent: float, n: int) -> int:
+    """K = round(k/100 · n), half up: how many elements the top-k % of n holds (before ties)."""
+    return math.floor(float(k_percent) / 100.0 * n + 0.5)
+
+
+def kth_largest(chunks: Callable[[], Iterable[np.ndarray]], ks: Sequence[int]) -> list[float]:
+    """Exact K-th largest value of non-negative float32 data, streamed twice (radix select).
+
+    ``chunks`` is called once per pass and yields 1-D float32 arrays (|Δ| values). Non-negative
+    IEEE floats order like their bit patterns, so a histogram of the high 16 bits finds the
+    bucket holding the K-th largest, and a histogram of the low 16 bits inside it the value.
+    Memory: two 65536-bin histograms per K. Returns NaN where K is not in [1, count].
+    """
+    hi = np.zeros(1 << 16, dtype=np.int64)
+    for a in chunks():
+        bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+        hi += np.bincount(bits >> 16, minlength=1 << 16)
+    total = int(hi.sum())
+    above = np.cumsum(hi[::-1])[::-1]  # above[b] = count with high bits >= b
+    targets: dict[int, tuple[int, int]] = {}  # K -> (bucket, rank inside bucket from the top)
+    for k in ks:
+        if 1 <= k <= total:
+            b = int(np.flatnonzero(above >= k)[-1])
+            targets[k] = (b, k - (int(above[b + 1]) if b + 1 < len(above) else 0))
+    buckets = sorted({b for b, _ in targets.values()})
+    lo = {b: np.zeros(1 << 16, dtype=np.int64) for b in buckets}
+    if buckets:
+        want = np.array(buckets, dtype=np.uint32)
+        for a in chunks():
+            bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+            h = bits >> 16
+            sel = np.isin(h, want)
+            if not sel.any():
+                continue
+            bits, h = bits[sel], h[sel]
+            for b in buckets:
+                lo[b] += np.bincount(bits[h == b] & 0xFFFF, minlength=1 << 16)
+    out = []
+    for k in ks:
+        if k not in targets:
+            out.append(float("nan"))
+            continue
+        b, r = targets[k]
+        above_lo = np.cumsum(lo[b][::-1])[::-1]
+        low = int(np.flatnonzero(above_lo >= r)[-1])
+        out.append(float(np.array([(b << 16) | low], dtype=np.uint32).view(np.float32)[0]))
+    return out
+
+
+# ---- the ranked population ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankedTensor:
+    """One logical tensor of the ranked population: the rows of one module in one parameter."""
+
+    param: str
+    module: str
+    spec: ParamSpec
+    rows: np.ndarray  # int64 row indices of the module inside the parameter
+
+    @property
+    def n(self) -> int:
+        return len(self.rows) * self.spec.n_cols
+
+    @property
+    def all_rows(self) -> bool:
+        return len(self.rows) == self.spec.n_rows
+
+    def take(self, flat: np.ndarray) -> np.ndarray:
+        """This tensor's elements of the parameter's values, as [rows, cols]."""
+        a = flat.reshape(self.spec.n_rows, self.spec.n_cols)
+        return a if self.all_rows else a[self.rows]
+
+    def cell_axis(self) -> tuple[int | None, np.ndarray, np.ndarray]:
+        """How elements group into cells: (axis summed away, head label, neuron label).
+
+        Axis 1: one label per row (sum over columns); axis 0: one per column; None: one cell.
+        """
+        s = self.spec
+        if s.row_head is not None:
+            return 1, s.row_head[self.rows], np.full(len(self.rows), NO_NEURON, np.int32)
+        if s.col_head is not None:
+            return 0, s.col_head, np.full(s.n_cols, NO_NEURON, np.int32)
+        if s.row_neuron is not None:
+            return 1, np.full(len(self.rows), NO_HEAD, np.int16), s.row_neuron[self.rows]
+        if s.col_neuron is not None:
+            return 0, np.full(s.n_cols, NO_HEAD, np.int16), s.col_neuron
+        return None, np.array([NO_HEAD], np.int16), np.array([NO_NEURON], np.int32)
+
+
+def ranked_tensors(
+    pmap: ParamMap,
+    shapes: Mapping[str, Sequence[int]],
+    rank_modules: Sequence[str],
+    rank_params: str = "matrices",
+) -> list[RankedTensor]:
+    """The logical tensors of the ranked population, in parameter order."""
+    codes = {MODULE_CODE[m]: m for m in rank_modules}
+    out = []
+    for name, shape in shapes.items():
+        spec = pmap.spec(name, tuple(shape))
+        if rank_params == "matrices" and not spec.is_matrix:
+            continue
+        for code in np.unique(spec.row_module):
+            if int(code) in codes:
+                rows = np.flatnonzero(spec.row_module == code)
+                out.append(RankedTensor(name, codes[int(code)], spec, rows))
+    return out
+
+
+def stratum_key(param: str, module: str, head: int) -> tuple[str, str, int]:
+    """The stratum of the null and of the matched controls: a head slice, or the tensor."""
+    return (param, module, int(head))
+
+
+# ---- reading traces ----------------------------------------------------------------------
+
+
+class TraceSource(Protocol):
+    def get(self, task: str, param: str) -> np.ndarray: ...
+
+
+class TraceFile:
+    """A trace safetensors file (``{task}/{param}`` fp32 tensors), read one tensor at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "trace") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputDataError(f"{what} file {self.path} does not exist")
+        try:
+            with safe_open(str(self.path), framework="np") as f:
+                keys = list(f.keys())
+                self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+                for key in keys:
+                    task, _, name = key.partition("/")
+                    self.shapes.setdefault(task, {})[name] = tuple(f.get_slice(key).get_shape())
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise InputDataError(f"{what} file {self.path} is unreadable: {exc}") from exc
+        self._handle = safe_open(str(self.path), framework="np")
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.shapes)
+
+    def get(self, task: str, param: str) -> np.ndarray:
+        return self._handle.get_tensor(f"{task}/{param}").reshape(-1)
+
+
+class TraceDict:
+    """An in-memory trace ``{task: {param: tensor or array}}`` with the TraceFile interface."""
+
+    def __init__(self, trace: Mapping[str, Mapping[str, Any]]) -> None:
+        self.trace = trace
+        self.shapes = {t: {n: tuple(v.shape) for n, v in d.items()} for t, d in trace.items()}
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.shapes)
+
+    def get(self, task: str, param: str) -> np.ndarray:
+        v = self.trace[task][param]
+        v = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        return v.reshape(-1).astype(np.float32, copy=False)
+
+
+def _abs(source: TraceSource, task: str, t: RankedTensor) -> np.ndarray:
+    return np.abs(t.take(source.get(task, t.param)))
+
+
+# ---- thresholds --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Top-k thresholds of one trace (definition): per (scope, k, task) one value per tensor."""
+
+    n_ranked: int
+    k_size: dict[tuple[str, float, str, int], int]  # (scope, k, task, tensor index) -> K
+    value: dict[tuple[str, float, str, int], float]
+
+    def get(self, scope: str, k: float, task: str, i: int) -> float:
+        return self.value[(scope, k, task, i)]
+
+
+def compute_thresholds(
+    source: TraceSource,
+    tensors: Sequence[RankedTensor],
+    settings: RankSettings,
+    *,
+    what: str = "trace",
+) -> Thresholds:
+    """Thresholds of every (scope, k, task, tensor) of ``settings`` (the one definition)."""
+    n = sum(t.n for t in tensors)
+    k_size: dict[tuple[str, float, str, int], int] = {}
+    value: dict[tuple[str, float, str, int], float] = {}
+    if "global" in settings.scopes:
+        ks = [topk_size(k, n) for k in settings.k_percent]
+        zero = [k for k, kk in zip(settings.k_percent, ks, strict=True) if kk == 0]
+        if zero:
+            raise ConfigError(
+                f"{what}: analysis.k_percent {zero} selects no element of the {n} ranked "
+                "ones (K = round(k/100 · n) is 0); use a larger k"
+            )
+        for task in TASKS:
+
+            def chunks(task: str = task) -> Iterator[np.ndarray]:
+                for t in tensors:
+                    yield _abs(source, task, t).reshape(-1)
+
+            for k, kk, thr in zip(settings.k_percent, ks, kth_largest(chunks, ks), strict=True):
+                for i in range(len(tensors)):
+                    k_size[("global", k, task, i)] = kk
+                    value[("global", k, task, i)] = thr
+    if "per_tensor" in settings.scopes:
+        for i, t in enumerate(tensors):
+            ks = [topk_size(k, t.n) for k in settings.k_percent]
+            zero = [k for k, kk in zip(settings.k_percent, ks, strict=True) if kk == 0]
+            if zero:
+                raise ConfigError(
+                    f"{what}: with analysis.rank_scope per_tensor, k_percent {zero} selects no "
+                    f"element of {t.param} ({t.module}, {t.n} elements): K = round(k/100 · n) "
+                    "is 0; use a larger k or rank_scope: [global]"
+                )
+            for task in TASKS:
+                a = _abs(source, task, t).reshape(-1)
+                part = np.partition(a, sorted({t.n - kk for kk in ks}))
+                for k, kk in zip(settings.k_percent, ks, strict=True):
+                    k_size[("per_tensor", k, task, i)] = kk
+                    value[("per_tensor", k, task, i)] = float(part[t.n - kk])
+    return Thresholds(n, k_size, value)
+
+
+# ---- one run -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    model: str
+    strategy: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.strategy}/seed{self.seed}"
+
+
+def _grouped(mask: np.ndarray, axis: int | None, inverse: np.ndarray, n_cells: int) -> np.ndarray:
+    if axis is None:
+        return np.array([int(mask.sum())], dtype=np.int64)
+    return np.bincount(inverse, weights=mask.sum(axis=axis), minlength=n_cells).astype(np.int64)
+
+
+def _query_heads(pmap: ParamMap, module: str, head: int) -> list[int] | None:
+    if head == NO_HEAD:
+        return None
+    info = pmap.info
+    if info.arch == "llama" and module in ("attn.k", "attn.v"):
+        g = info.group_size
+        return list(range(head * g, (head + 1) * g))
+    return [int(head)]
+
+
+def rank_traces(
+    traces: Mapping[str, TraceSource],
+    pmap: ParamMap,
+    settings: RankSettings,
+    *,
+    run: Run | str = "run",
+) -> dict[str, pd.DataFrame]:
+    """Rank the traces of one run (``{definition: source}``); return the three tables."""
+    missing_defs = [d for d in settings.definitions if d not in traces]
+    if missing_defs:
+        raise InputDataError(f"{run}: no trace for definition(s) {missing_defs}")
+    shapes = None
+    for d in settings.definitions:
+        src = traces[d]
+        tasks = sorted(getattr(src, "shapes", {}))
+        if tasks != sorted(TASKS):
+            raise InputDataError(
+                f"{run}: the {d} trace holds tasks {tasks}, expected {list(TASKS)}"
+            )
+        shapes = src.shapes["bio"]  # type: ignore[attr-defined]
+        if src.shapes["qa"] != shapes:  # type: ignore[attr-defined]
+            raise InputDataError(f"{run}: the {d} trace's bio and qa tensors differ in shape")
+    assert shapes is not None
+    tensors = ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params)
+    if not tensors:
+        raise ConfigError(
+            f"{run}: analysis.rank_modules {list(settings.rank_modules)} "
+            f"(rank_params: {settings.rank_params}) match no tensor of this "
+            f"{pmap.info.arch} model"
+        )
+    thresholds = {
+        d: compute_thresholds(traces[d], tensors, settings, what=f"{run} ({d})")
+        for d in settings.definitions
+    }
+    rank_rows: list[tuple] = []
+    cell_rows: list[tuple] = []
+    agree: dict[tuple[str, float, str], list[int]] = {}
+    combos = [(s, k) for s in settings.scopes for k in settings.k_percent]
+    for i, t in enumerate(tensors):
+        axis, heads, neurons = t.cell_axis()
+        key = heads.astype(np.int64) * (1 << 32) + neurons.astype(np.int64)
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        if axis is None:
+            per_cell = np.array([t.n], dtype=np.int64)
+        else:
+            per = t.spec.n_cols if axis == 1 else len(t.rows)
+            per_cell = np.bincount(inverse, minlength=len(uniq)).astype(np.int64) * per
+        labels = [
+            (int(heads[j]), int(neurons[j]), _query_heads(pmap, t.module, int(heads[j])))
+            for j in first
+        ]
+        values = {
+            (d, task): _abs(traces[d], task, t) for d in settings.definitions for task in TASKS
+        }
+        for scope, k in combos:
+            members: dict[tuple[str, str], np.ndarray] = {}
+            for d in settings.definitions:
+                th = thresholds[d]
+                for task in TASKS:
+                    thr = th.get(scope, k, task, i)
+                    m = values[(d, task)] >= thr
+                    members[(d, task)] = m
+                    rank_rows.append(
+                        (d, scope, k, task, t.param, t.spec.layer, t.module, th.n_ranked, t.n,
+                         th.k_size[(scope, k, task, i)], thr, int(m.sum()))
+                    )  # fmt: skip
+                b, q = members[(d, "bio")], members[(d, "qa")]
+                counts = [_grouped(x, axis, inverse, len(uniq)) for x in (b, q, b & q)]
+                for j, (head, neuron, qheads) in enumerate(labels):
+                    cell_rows.append(
+                        (d, scope, k, t.param, t.spec.layer, t.module, head, neuron, qheads,
+                         int(per_cell[j]), int(counts[0][j]), int(counts[1][j]),
+                         int(counts[2][j]))
+                    )  # fmt: skip
+            if len(settings.definitions) == 2:
+                for task in TASKS:
+                    a, e = members[("trajectory", task)], members[("endpoint", task)]
+                    acc = agree.setdefault((scope, k, task), [0, 0, 0])
+                    acc[0] += int(a.sum())
+                    acc[1] += int(e.sum())
+                    acc[2] += int((a & e).sum())
+        del values
+    ranking = pd.DataFrame(
+        rank_rows,
+        columns=["definition", "scope", "k_percent", "task", "param", "layer", "module",
+                 "n_ranked", "n_tensor", "k_size", "threshold", "n_top"],
+    )  # fmt: skip
+    cells = pd.DataFrame(
+        cell_rows,
+        columns=["definition", "scope", "k_percent", "param", "layer", "module", "head",
+                 "neuron", "query_heads", "n_params", "n_bio", "n_qa", "n_shared"],
+    )  # fmt: skip
+    for col in ("head", "neuron"):
+        cells[col] = cells[col].where(cells[col] >= 0).astype("Int32")
+    cells["layer"] = cells["layer"].astype("Int32")
+    ranking["layer"] = ranking["layer"].astype("Int32")
+    agreement = pd.DataFrame(
+        [(s, k, task, a, e, both, both / max(a + e - both, 1))
+         for (s, k, task), (a, e, both) in agree.items()],
+        columns=["scope", "k_percent", "task", "n_trajectory", "n_endpoint", "n_both", "jaccard"],
+    )  # fmt: skip
+    return {"ranking": ranking, "cells": cells, "agreement": agreement}
+
+
+OUTPUTS = ("ranking", "cells", "agreement")
+
+
+def _metadata(run: Run, settings: RankSettings, pmap: ParamMap) -> dict[bytes, bytes]:
+    meta = {
+        "format": FORMAT,
+        "run": asdict(run),
+        "settings": settings.to_json(),
+        "arch": pmap.info.arch,
+        "num_heads": pmap.info.num_heads,
+        "num_kv_heads": pmap.info.num_kv_heads,
+    }
+    return {META_KEY: json.dumps(meta).encode()}
+
+
+def rank_run(
+    traces: Mapping[str, str | os.PathLike[str]],
+    model_dir: str | os.PathLike[str],
+    out: Mapping[str, str | os.PathLike[str]],
+    *,
+    run: Run,
+    settings: RankSettings,
+) -> dict[str, pd.DataFrame]:
+    """Rank one run's trace files (``{definition: path}``) and write the three tables.
+
+    ``out`` maps ``ranking``, ``cells`` and ``agreement`` to Parquet paths. Nothing is written
+    unless all three tables were computed.
+    """
+    missing = [o for o in OUTPUTS if o not in out]
+    if missing:
+        raise ConfigError(f"rank_run: no output path for {missing}")
+    sources = {d: TraceFile(traces[d], what=f"{run} {d} trace") for d in settings.definitions}
+    pmap = ParamMap(model_dir)
+    tables = rank_traces(sources, pmap, settings, run=run)
+    meta = _metadata(run, settings, pmap)
+    for name in OUTPUTS:
+        table = pa.Table.from_pandas(tables[name], preserve_index=False)
+        with atomic_file(out[name]) as tmp:
+            pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+    return tables
+
+
+def check_ranking_file(
+    path: str | os.PathLike[str], *, settings: RankSettings | None = None, run: Run | None = None
+) -> dict[str, Any]:
+    """The metadata of one ranking output; an error if it was written for another run or
+    with other settings than ``settings``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"ranking file {path} does not exist; run the rank rule first")
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(f"ranking file {path} is unreadable: {exc}") from exc
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != FORMAT:
+        raise InputDataError(f"{path} is not a crosstrace ranking file")
+    if run is not None and meta["run"] != asdict(run):
+        raise InputDataError(f"{path} belongs to run {meta['run']}, not {asdict(run)}")
+    if settings is not None and meta["settings"] != settings.to_json():
+        raise InputDataError(
+            f"{path} (run {meta['run']}) was ranked with {meta['settings']}, but the config "
+            f"asks for {settings.to_json()}; rerun the rank rule for this run"
+        )
+    return meta
+
+
+def read_ranking(
+    path: str | os.PathLike[str], *, settings: RankSettings | None = None, run: Run | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One ranking output and its metadata, checked as in :func:`check_ranking_file`."""
+    meta = check_ranking_file(path, settings=settings, run=run)
+    return pq.read_table(path).to_pandas(), meta
+
+
+# ---- membership for consumers ------------------------------------------------------------
+
+
+def member_masks(
+    source: TraceSource,
+    pmap: ParamMap,
+    ranking: pd.DataFrame,
+    settings: RankSettings,
+    *,
+    definition: str,
+    scope: str,
+    k: float,
+    shapes: Mapping[str, Sequence[int]],
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{task: {param: bool mask of the parameter's shape}}`` of one ranked set.
+
+    The thresholds come from ``ranking`` (the ranking stage's output); membership is
+    |Δ| ≥ threshold inside the ranked rows. The per-tensor counts are checked against the
+    ranking's ``n_top``, so a trace that changed after ranking is an error.
+    """
+    tensors = ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params)
+    sel = ranking[
+        (ranking["definition"] == definition)
+        & (ranking["scope"] == scope)
+        & np.isclose(ranking["k_percent"], k)
+    ]
+    lookup = {
+        (r.task, r.param, r.module): (float(r.threshold), int(r.n_top))
+        for r in sel.itertuples(index=False)
+    }
+    out: dict[str, dict[str, np.ndarray]] = {task: {} for task in TASKS}
+    for t in tensors:
+        for task in TASKS:
+            if (task, t.param, t.module) not in lookup:
+                raise InputDataError(
+                    f"the ranking has no {definition}/{scope}/k={k:g} threshold for "
+                    f"{task} {t.param} ({t.module}); rerun the rank rule"
+                )
+            thr, n_top = lookup[(task, t.param, t.module)]
+            m = _abs(source, task, t) >= thr
+            if int(m.sum()) != n_top:
+                raise InputDataError(
+                    f"{t.param} ({t.module}): {int(m.sum())} elements pass the ranking's "
+                    f"threshold, the ranking counted {n_top}; the trace changed after ranking"
+                )
+            full = out[task].setdefault(
+                t.param, np.zeros((t.spec.n_rows, t.spec.n_cols), dtype=bool)
+            )
+            full[t.rows] |= m
+    for task in TASKS:
+        for name in out[task]:
+            out[task][name] = out[task][name].reshape(tuple(shapes[name]))
+    return out

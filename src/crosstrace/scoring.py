@@ -1,0 +1,50 @@
+"""QA exact match by teacher forcing: one forward pass instead of a generation loop.
+
+Greedy decoding reproduces the answer exactly iff, with the correct prefix fed in, the argmax
+at every answer position is the answer's next token and the argmax after the last answer
+token is EOS: each greedy step then sees the same prefix as the teacher-forced pass. So the
+exact match of this module equals that of ``crosstrace.evaluate.predict`` (greedy, cut at
+EOS), as long as ``max_new_tokens`` covers the answer and its EOS. The examples are the
+training format of QA (``crosstrace.batches.tokenize_qa``), so prompts are tokenised exactly as
+in training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from crosstrace.batches import IGNORE, Examples, collate, tokenize_qa
+
+
+def qa_examples(qa: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Examples:
+    """Every QA row (both splits) as a training-format example: prompt, answer, EOS."""
+    return tokenize_qa(qa["question"].tolist(), qa["answer"].tolist(), tokenizer)
+
+
+@torch.inference_mode()
+def qa_exact_match(
+    model: PreTrainedModel, examples: Examples, *, batch_size: int = 1024
+) -> np.ndarray:
+    """Per example: is every supervised token (answer and EOS) the model's argmax?"""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    out = np.zeros(len(examples), dtype=bool)
+    try:
+        for start in range(0, len(examples), batch_size):
+            index = np.arange(start, min(start + batch_size, len(examples)))
+            mb = collate(examples, index, pad)
+            logits = model(
+                input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device)
+            ).logits
+            pred = logits[:, :-1].argmax(-1).cpu()
+            target = mb.labels[:, 1:]
+            ok = (pred == target) | (target == IGNORE)
+            out[index] = ok.all(dim=1).numpy()
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,36 @@
+-- Mean and 95 % interval over seeds (Student t, df = n_seeds − 1; null with one seed) of
+-- the per-run numbers: accuracy, overlap (enrichment), concentration and ablation.
+-- t(0.975, df): exact for df <= 30, the df = 30 value (conservative) up to 60, then 2.0.
+CREATE MACRO t975(df) AS
+    CASE WHEN df BETWEEN 1 AND 30 THEN
+        [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042][df]
+         WHEN df <= 60 THEN 2.042 WHEN df > 60 THEN 2.0 END;
+CREATE MACRO ci_half(sd, n) AS CASE WHEN n > 1 THEN t975(n - 1) * sd / sqrt(n) END;
+CREATE TABLE accuracy_summary AS
+SELECT model, strategy, split, attribute, count(*) AS n_seeds,
+       avg(accuracy) AS accuracy, avg(accuracy) - ci_half(stddev_samp(accuracy), count(*))
+           AS ci_low, avg(accuracy) + ci_half(stddev_samp(accuracy), count(*)) AS ci_high
+FROM accuracy GROUP BY ALL ORDER BY ALL;
+CREATE TABLE overlap_summary AS
+SELECT model, strategy, definition, scope, k_percent, count(*) AS n_seeds,
+       avg(n_shared) AS n_shared, avg(expected_shared) AS expected_shared,
+       avg(enrichment) AS enrichment,
+       avg(enrichment) - ci_half(stddev_samp(enrichment), count(*)) AS ci_low,
+       avg(enrichment) + ci_half(stddev_samp(enrichment), count(*)) AS ci_high,
+       avg(z) AS z, avg(enrichment_global) AS enrichment_global
+FROM overlap GROUP BY ALL ORDER BY ALL;
+CREATE TABLE concentration_summary AS
+SELECT model, strategy, definition, scope, k_percent, unit, "set", count(*) AS n_seeds,
+       avg(gini) AS gini, avg(gini) - ci_half(stddev_samp(gini), count(*)) AS ci_low,
+       avg(gini) + ci_half(stddev_samp(gini), count(*)) AS ci_high,
+       avg(top10_share) AS top10_share, avg(entropy_norm) AS entropy_norm
+FROM concentration GROUP BY ALL ORDER BY ALL;
+CREATE TABLE ablation_summary AS
+SELECT model, strategy, definition, scope, k_percent, condition, split, count(*) AS n_seeds,
+       avg(accuracy_drop) AS accuracy_drop,
+       avg(accuracy_drop) - ci_half(stddev_samp(accuracy_drop), count(*)) AS ci_low,
+       avg(accuracy_drop) + ci_half(stddev_samp(accuracy_drop), count(*)) AS ci_high,
+       avg(accuracy) AS accuracy
+FROM ablation GROUP BY ALL ORDER BY ALL;
