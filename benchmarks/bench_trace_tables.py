@@ -1,4 +1,4 @@
-"""Benchmark the trace tables: dump throughput, bytes per parameter, the shared-by-head query.
+"""Benchmark the trace tables: dump throughput and size, the ranking stage, the database.
 
     python benchmarks/bench_trace_tables.py --params 100_000_000 --workdir /tmp/ct-bench
 
@@ -8,10 +8,10 @@ The trace.safetensors file is written streaming (header first, then one tensor a
 memory stays bounded by the largest tensor. Then it measures:
 
 1. dump throughput (parameters/s over both tasks) and bytes per parameter on disk,
-2. the shared-by-head query at k=1% in DuckDB (thresholds + top-k sets + shared counts per
-   layer/module/head, via ``build_database``), memory_limit 2GB, in a fresh process (time and
-   peak RSS),
-3. the same counts with pandas/numpy as a peer (fresh process; time and peak RSS).
+2. the ranking stage (``crosstrace.rank.rank_run``: thresholds, per-tensor and per-cell counts
+   for 3 k values and both scopes) in a fresh process: time and peak RSS,
+3. the database build from the ranking outputs (memory_limit 2GB) and the shared-by-head
+   query, in a fresh process: time and peak RSS.
 """
 
 from __future__ import annotations
@@ -109,60 +109,45 @@ def hwm_mb():
             return int(line.split()[1]) / 1024
 """
 
+RANK_CHILD = (
+    HWM
+    + """
+import json, sys, time
+from crosstrace.param_map import DEFAULT_RANK_MODULES
+from crosstrace.rank import RankSettings, Run, rank_run
+trace, model, out, defs = sys.argv[1:5]
+settings = RankSettings(k_percent=[0.1, 1, 5], rank_modules=DEFAULT_RANK_MODULES,
+                        definitions=tuple(defs.split(",")))
+t = time.perf_counter()
+tables = rank_run({d: trace for d in settings.definitions}, model,
+                  {o: f"{out}/{o}.parquet" for o in ("ranking", "cells", "agreement")},
+                  run=Run("bench", "mix", 0), settings=settings)
+print(json.dumps({"rank_s": time.perf_counter() - t, "cells": len(tables["cells"]),
+                  "definitions": defs, "peak_rss_mb": hwm_mb()}))
+"""
+)
+
 DUCKDB_CHILD = (
     HWM
     + """
 import json, sys, time
-from crosstrace.database import build_database, connect, shared_by_head_query
-root, db, tables, mem = sys.argv[1:5]
+from crosstrace.database import RunFiles, build_database, connect, shared_by_head_query
+from crosstrace.param_map import DEFAULT_RANK_MODULES
+from crosstrace.rank import RankSettings, Run
+root, out, db, tables, mem, defs = sys.argv[1:7]
+settings = RankSettings(k_percent=[0.1, 1, 5], rank_modules=DEFAULT_RANK_MODULES,
+                        definitions=tuple(defs.split(",")))
+files = RunFiles(Run("bench", "mix", 0), f"{out}/predictions.parquet",
+                 **{o: f"{out}/{o}.parquet" for o in ("ranking", "cells", "agreement")})
 t = time.perf_counter()
-build_database(root, db, tables, k_percent=[1.0], memory_limit=mem, threads=2)
+build_database(root, db, tables, runs=[files], settings=settings, memory_limit=mem, threads=2)
 build_s = time.perf_counter() - t
 con = connect(db)
 t = time.perf_counter()
 df = shared_by_head_query(con, 1.0)
 read_s = time.perf_counter() - t
-total = con.execute("SELECT sum(n_shared) FROM shared_counts").fetchone()[0]
 print(json.dumps({"build_s": build_s, "read_s": read_s, "rows": len(df),
-    "n_shared_heads": int(df["n_shared"].sum()), "n_shared_total": int(total),
-    "peak_rss_mb": hwm_mb()}))
-"""
-)
-
-PANDAS_CHILD = (
-    HWM
-    + """
-import json, math, sys, time
-import numpy as np, pandas as pd, pyarrow.dataset as ds, pyarrow.compute as pc
-root, model = sys.argv[1:3]
-RANK = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.gate", "mlp.down"]
-t = time.perf_counter()
-top, n_params = {}, None
-for task in ("bio", "qa"):
-    d = ds.dataset(f"{root}/model={model}/strategy=mix/seed=0/task={task}", format="parquet")
-    tb = d.to_table(columns=["param", "row", "col", "layer", "module", "head", "delta"],
-                    filter=pc.field("module").isin(RANK))
-    df = tb.to_pandas(categories=["param", "module"])
-    del tb
-    a = np.abs(df["delta"].to_numpy())
-    k = max(1, math.ceil(0.01 * len(a) - 1e-9))
-    thr = np.partition(a, len(a) - k)[len(a) - k]
-    keys = ["layer", "module", "head"]
-    if n_params is None:
-        n_params = df.groupby(keys, dropna=False, observed=True).size().rename("n_params")
-    top[task] = df[a >= thr].drop(columns="delta")
-    del df, a
-on = ["param", "row", "col", "layer", "module", "head"]
-shared = top["bio"].merge(top["qa"], on=on)
-out = pd.concat([n_params,
-    top["bio"].groupby(keys, dropna=False, observed=True).size().rename("n_bio"),
-    top["qa"].groupby(keys, dropna=False, observed=True).size().rename("n_qa"),
-    shared.groupby(keys, dropna=False, observed=True).size().rename("n_shared")], axis=1).fillna(0)
-s = time.perf_counter() - t
-heads = out[out.index.get_level_values("head").notna()]
-print(json.dumps({"pandas_s": s, "n_shared_heads": int(heads["n_shared"].sum()),
-    "n_shared_total": int(out["n_shared"].sum()),
-    "peak_rss_mb": hwm_mb()}))
+    "n_shared_heads": int(df["n_shared"].sum()), "peak_rss_mb": hwm_mb()}))
 """
 )
 
@@ -179,7 +164,9 @@ def main() -> None:
     ap.add_argument("--params", type=int, default=100_000_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/crosstrace-bench"))
     ap.add_argument("--memory-limit", default="2GB")
-    ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument(
+        "--definitions", default="trajectory", help="comma-separated; the file is used for each"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -221,14 +208,22 @@ def main() -> None:
         f"{res['bytes_per_param']:.3f} bytes/param",
         flush=True,
     )
+    ranked = work / "ranked"
+    ranked.mkdir(exist_ok=True)
+    res["rank"] = child(RANK_CHILD, str(trace), str(work / "model"), str(ranked), args.definitions)
+    print(f"ranking stage (3 k, 2 scopes): {res['rank']}", flush=True)
     trace.unlink()  # free the disk before the queries
+    import pandas as pd
 
+    pd.DataFrame(
+        {"person_id": pd.array([0], dtype="int32"), "attribute": ["major"], "split": ["id"],
+         "question": ["q"], "answer": ["a"], "prediction": ["a"], "exact_match": [True],
+         "first_token_correct": [True]}
+    ).to_parquet(ranked / "predictions.parquet")  # fmt: skip
     db = work / "crosstrace.duckdb"
-    res["duckdb"] = child(DUCKDB_CHILD, str(root), str(db), str(work / "tables"), args.memory_limit)
-    print(f"duckdb shared-by-head k=1%: {res['duckdb']}", flush=True)
-    if not args.skip_pandas:
-        res["pandas"] = child(PANDAS_CHILD, str(root), "bench")
-        print(f"pandas peer: {res['pandas']}", flush=True)
+    res["duckdb"] = child(DUCKDB_CHILD, str(root), str(ranked), str(db), str(work / "tables"),
+                          args.memory_limit, args.definitions)  # fmt: skip
+    print(f"database build + shared-by-head query: {res['duckdb']}", flush=True)
     print(json.dumps(res, indent=2))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
