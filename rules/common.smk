@@ -47,6 +47,19 @@ except WorkflowError as exc:
     ) from None
 
 config["models"] = {name: m for name, m in config["models"].items() if m is not None}
+
+
+def _fill_model_defaults(models, schema_path):
+    """validate() does not fill defaults inside the models' oneOf: take them from the schema."""
+    import yaml
+
+    with open(schema_path) as fh:
+        defs = yaml.safe_load(fh)["$defs"]
+    for m in models.values():
+        m.setdefault("bos", defs["bos"]["default"])
+
+
+_fill_model_defaults(config["models"], os.path.join(workflow.basedir, SCHEMA_FROM_ROOT))
 if not config["models"]:
     raise WorkflowError(
         "Invalid config: config key 'models' defines no model (all are null)."
@@ -102,7 +115,7 @@ _TRAINING_COMMON = [
 _TRAINING_PHASE = {
     "bio": ["bio_epochs"],
     "qa": ["qa_epochs"],
-    "mix": ["mix_epochs", "qa_ratio"],
+    "mix": ["mix_epochs", "qa_ratio", "qa_loss_weight"],
 }
 
 

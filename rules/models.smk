@@ -17,5 +17,6 @@ rule base_model:
         model_cfg=model_config,
         seed=config["world"]["seed"],
         single_token_names=config["world"]["single_token_names"],
+        bos=lambda wc: config["models"][wc.model]["bos"],
     script:
         "../workflow/scripts/models.py"

@@ -107,6 +107,13 @@ BAD_CONFIGS = {
     ),
     "dump_top_percent_zero": ("trace:\n  dump_top_percent: 0\n", "trace.dump_top_percent"),
     "trace_disabled": ("trace:\n  enabled: false\n", "config key 'trace.enabled'"),
+    "qa_loss_weight_one": ("training:\n  qa_loss_weight: 1\n", "training.qa_loss_weight"),
+    "qa_loss_weight_zero": ("training:\n  qa_loss_weight: 0\n", "training.qa_loss_weight"),
+    "bos_not_boolean": (
+        "models:\n  m:\n    bos: 1\n    tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, "
+        "intermediate: 8}\n",
+        "models.m",
+    ),
 }
 
 

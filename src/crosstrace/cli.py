@@ -48,7 +48,12 @@ def _build_base(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         raise ConfigError(f"model {args.model!r} is not in the config's models: {sorted(models)}")
     single = bool((cfg.get("world") or {}).get("single_token_names", True))
     build_base(
-        models[args.model], args.data_dir, args.out, seed=args.seed, single_token_names=single
+        models[args.model],
+        args.data_dir,
+        args.out,
+        seed=args.seed,
+        single_token_names=single,
+        bos=bool(models[args.model].get("bos", True)),  # the schema's default (models.*.bos)
     )
 
 

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from crosstrace.atomic import atomic_file
 from crosstrace.devices import resolve_device
 from crosstrace.errors import CrosstraceError
-from crosstrace.models import count_parameters, load_model
+from crosstrace.models import bos_id, count_parameters, load_model
 from crosstrace.world import qa_prompt, qa_target, read_qa
 
 SPLIT_NAMES = {"train": "id", "test": "ood"}
@@ -41,7 +41,13 @@ def predict(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    prompts = [qa_prompt(q) for q in qa["question"]]
+    start = [] if (bos := bos_id(model, tokenizer)) is None else [bos]
+    prompts = [
+        [*start, *ids]
+        for ids in tokenizer([qa_prompt(q) for q in qa["question"]], add_special_tokens=False)[
+            "input_ids"
+        ]
+    ]
     target_ids = tokenizer([qa_target(a) for a in qa["answer"]], add_special_tokens=False)[
         "input_ids"
     ]
@@ -51,14 +57,11 @@ def predict(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     generated: list[list[int]] = []
     try:
-        for start in tqdm(
+        for first in tqdm(
             range(0, len(prompts), batch_size), desc="evaluate", disable=not progress
         ):
-            enc = tokenizer(
-                prompts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
+            enc = tokenizer.pad(
+                {"input_ids": prompts[first : first + batch_size]}, return_tensors="pt"
             ).to(device)
             out = model.generate(
                 **enc,

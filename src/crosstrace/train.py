@@ -37,7 +37,7 @@ from crosstrace.checkpoint import (
 )
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.errors import ConfigError, CrosstraceError
-from crosstrace.models import count_parameters, load_model, save_model
+from crosstrace.models import bos_id, count_parameters, load_model, save_model
 from crosstrace.trace import GradientTrace, load_trace, save_trace
 from crosstrace.world import read_bio, read_qa
 
@@ -61,6 +61,10 @@ class TrainingConfig:
     qa_epochs: int = 30
     mix_epochs: int = 60
     qa_ratio: float = 0.5
+    # mix: w · mean QA token loss + (1 − w) · mean BIO token loss per step. None (library use
+    # only; the schema always sets it): the token mean over both tasks, which gives QA the
+    # share of its supervised tokens (7–17 %).
+    qa_loss_weight: float | None = None
     checkpoint_every: int = 500
 
     @classmethod
@@ -76,6 +80,10 @@ class TrainingConfig:
             )
         if out.lr <= 0:
             raise ConfigError(f"training.lr must be > 0, got {out.lr}")
+        if out.qa_loss_weight is not None and not 0.0 < out.qa_loss_weight < 1.0:
+            raise ConfigError(
+                f"training.qa_loss_weight must be in (0, 1), got {out.qa_loss_weight}"
+            )
         return out
 
     def epochs(self, phase: str) -> int:
@@ -168,16 +176,41 @@ def _oom_message(model: torch.nn.Module, cfg: TrainingConfig) -> str:
     )
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def supervised_loss_sum(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
     """Summed next-token cross-entropy over the supervised positions.
 
-    The labels are shifted (padded with IGNORE) rather than the logits sliced, which would copy
-    the whole [batch, length, vocab] tensor on every micro-batch.
+    The output embedding (lm_head: hidden × vocab, the largest matmul of a tiny model) and the
+    softmax run only at positions whose next token is supervised: about 4 of 14 in a QA
+    sequence. Positions without a target do not enter the loss, so the gradient is the one of
+    the full-logits loss. ``attention_mask`` may be None for right-padded batches: under the
+    causal mask no real token attends to a pad on its right, so the real positions are the same.
     """
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
-    return F.cross_entropy(
-        logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
+    keep = shifted != IGNORE
+    with torch.autocast(input_ids.device.type, dtype=amp, enabled=amp is not None):
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        logits = model.get_output_embeddings()(hidden[keep])
+    return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
+
+
+def task_coefficients(tokens: dict[str, int], qa_loss_weight: float | None) -> dict[str, float]:
+    """What each task's summed token loss is multiplied by in one optimizer step.
+
+    A step with both tasks and a ``qa_loss_weight`` w: w / (QA tokens) and (1 − w) / (BIO
+    tokens), i.e. w · mean QA loss + (1 − w) · mean BIO loss. Otherwise (one task, or w None):
+    1 / (all supervised tokens), the plain token mean.
+    """
+    if qa_loss_weight is not None and len(tokens) == 2:
+        weight = {"qa": qa_loss_weight, "bio": 1.0 - qa_loss_weight}
+        return {task: weight[task] / n for task, n in tokens.items()}
+    total = sum(tokens.values())
+    return {task: 1.0 / total for task in tokens}
 
 
 def optimizer_step(
@@ -189,26 +222,25 @@ def optimizer_step(
     lr: float,
     max_grad_norm: float | None,
     amp: torch.dtype | None,
+    qa_loss_weight: float | None = None,
 ) -> dict[str, float]:
     """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
 
-    The loss is the sum of token losses over the step divided by the step's supervised tokens,
-    so micro-batching does not change the gradient. The trace reads ``.grad`` between tasks and
-    after clipping; nothing it does reaches the optimizer.
+    The loss is :func:`task_coefficients` applied to each task's summed token loss over the
+    step, so micro-batching does not change the gradient. The trace reads ``.grad`` between
+    tasks and after clipping; nothing it does reaches the optimizer.
     """
     device = next(model.parameters()).device
-    n_supervised = sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in batches)
-    loss_sum: dict[str, torch.Tensor] = {}
     tokens: dict[str, int] = {}
-    for i, mb in enumerate(batches):
-        ids, mask = mb.input_ids.to(device), mb.attention_mask.to(device)
-        labels = mb.labels.to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = token_loss_sum(logits, labels)
-        (loss / n_supervised).backward()
-        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
+    for mb in batches:
         tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+    coef = task_coefficients(tokens, qa_loss_weight)
+    loss_sum: dict[str, torch.Tensor] = {}
+    for i, mb in enumerate(batches):
+        ids, labels = mb.input_ids.to(device), mb.labels.to(device)
+        loss = supervised_loss_sum(model, ids, None, labels, amp)
+        (loss * coef[mb.task]).backward()
+        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
         if tracer is not None and i + 1 < len(batches) and batches[i + 1].task != mb.task:
             tracer.mark_task_end(mb.task)
     clip_coef = 1.0
@@ -261,7 +293,10 @@ def train_run(
     model.train()
     data = Path(data_dir)
     examples = training_examples(
-        read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet"), tokenizer
+        read_bio(data / "bio.parquet"),
+        read_qa(data / "qa.parquet"),
+        tokenizer,
+        bos_id(model, tokenizer),
     )
     plan = StepPlan(
         phase,
@@ -355,6 +390,7 @@ def train_run(
                     lr=lr,
                     max_grad_norm=cfg.max_grad_norm,
                     amp=amp,
+                    qa_loss_weight=cfg.qa_loss_weight,
                 )
                 scheduler.step()
                 rows.append(
