@@ -111,6 +111,8 @@ _TRAINING_COMMON = [
     "batch_size",
     "grad_accum",
     "checkpoint_every",
+    "pack",
+    "pack_length",
 ]
 _TRAINING_PHASE = {
     "bio": ["bio_epochs"],

@@ -115,6 +115,20 @@ def test_trace_identity_mix_weighted(base: Path, world: Path, tmp_path: Path) ->
     assert any(not torch.allclose(theta_t[n], w) for n, w in weights(plain).items())
 
 
+@pytest.mark.parametrize("phase", ["mix", "bio"])
+def test_trace_identity_packed(base: Path, world: Path, tmp_path: Path, phase: str) -> None:
+    """Packed rows (EOS-separated examples) with qa_loss_weight ≠ 0.5: Δ_bio + Δ_qa = θ0 − θT."""
+    theta0 = weights(base)
+    packed = {**SGD, "pack": True, "pack_length": 128, "batch_size": 4, "qa_loss_weight": 0.7}
+    final, trace_path = run(base, world, tmp_path, phase, packed)
+    theta_t, delta = weights(final), load_trace(trace_path)
+    assert_close(
+        {n: delta["bio"][n] + delta["qa"][n] for n in theta0},
+        {n: theta0[n] - theta_t[n] for n in theta0},
+    )
+    assert sum(float(t.abs().sum()) for t in delta["bio"].values()) > 0
+
+
 @pytest.mark.parametrize("w", [0.3, 0.8])
 def test_weighted_step_gradient_is_the_weighted_task_means(
     base: Path, world: Path, w: float

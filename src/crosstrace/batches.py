@@ -96,6 +96,44 @@ def training_examples(
     }
 
 
+def pack(examples: Examples, length: int, seed: int) -> Examples:
+    """Concatenate a task's examples into rows of at most ``length`` tokens (bioS packing).
+
+    Each example keeps its tokens and labels (it ends with EOS, so rows are EOS-separated);
+    no example is split across rows, and the first token of each example is never a target,
+    as without packing. The grouping is fixed by ``seed``; epochs permute the rows.
+    """
+    longest = max((len(ids) for ids in examples.input_ids), default=0)
+    if longest > length:
+        raise ConfigError(
+            f"training.pack_length ({length}) is shorter than the longest {examples.task} "
+            f"example ({longest} tokens); raise it (examples are never split or truncated)"
+        )
+    order = np.random.default_rng([seed, 3, {"bio": 1, "qa": 2}[examples.task]]).permutation(
+        len(examples)
+    )
+    rows_ids: list[np.ndarray] = []
+    rows_labels: list[np.ndarray] = []
+    ids_part: list[np.ndarray] = []
+    label_part: list[np.ndarray] = []
+    used = 0
+    for i in order:
+        ids = examples.input_ids[i]
+        if used + len(ids) > length:
+            rows_ids.append(np.concatenate(ids_part))
+            rows_labels.append(np.concatenate(label_part))
+            ids_part, label_part, used = [], [], 0
+        labels = examples.labels[i].copy()
+        labels[0] = IGNORE  # predicted from the previous example's EOS otherwise
+        ids_part.append(ids)
+        label_part.append(labels)
+        used += len(ids)
+    if ids_part:
+        rows_ids.append(np.concatenate(ids_part))
+        rows_labels.append(np.concatenate(label_part))
+    return Examples(examples.task, rows_ids, rows_labels)
+
+
 @dataclass(frozen=True)
 class MicroBatch:
     task: str

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from crosstrace.atomic import atomic_file
-from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
+from crosstrace.batches import IGNORE, MicroBatch, StepPlan, pack, training_examples
 from crosstrace.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -65,6 +65,8 @@ class TrainingConfig:
     # only; the schema always sets it): the token mean over both tasks, which gives QA the
     # share of its supervised tokens (7–17 %).
     qa_loss_weight: float | None = None
+    pack: bool = False  # concatenate each task's examples into rows of pack_length tokens
+    pack_length: int = 256
     checkpoint_every: int = 500
 
     @classmethod
@@ -298,6 +300,8 @@ def train_run(
         tokenizer,
         bos_id(model, tokenizer),
     )
+    if cfg.pack:
+        examples = {task: pack(ex, cfg.pack_length, seed) for task, ex in examples.items()}
     plan = StepPlan(
         phase,
         {task: len(ex) for task, ex in examples.items()},
