@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -214,6 +215,32 @@ def test_every_evaluation_prompt_starts_with_bos(base: Path, world: Path) -> Non
         for row in ids.tolist():
             first = next(t for t in row if t != tokenizer.pad_token_id)
             assert first == tokenizer.bos_token_id
+
+
+def test_bio_first_token_rows_match_a_reference(base: Path, world: Path, tmp_path: Path) -> None:
+    """bio_id / bio_ood rows: argmax after the bio prefix, checked one bio at a time."""
+    from crosstrace.evaluate import evaluate_run, summarize
+
+    final, _ = run(base, world, tmp_path, "mix", {**SGD, "optimizer": "adamw", "lr": 3e-3})
+    out = tmp_path / "pred.parquet"
+    acc = evaluate_run(
+        final, world / "qa.parquet", out, bio_path=world / "bio.parquet", batch_size=8
+    )
+    assert {"id", "ood", "bio_id", "bio_ood"} <= set(acc)
+    pred = pd.read_parquet(out)
+    rows = pred[pred["split"].str.startswith("bio")]
+    bio, qa = read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet")
+    assert len(rows) == 6 * len(bio)
+    trained = set(qa.loc[qa["split"] == "train", "person_id"])
+    assert set(rows.loc[rows["split"] == "bio_id", "person_id"]) == trained
+    model, tokenizer = load_model(final)
+    bos = bos_id(model, tokenizer)
+    for r in rows.itertuples():
+        prefix = tokenizer(r.question, add_special_tokens=False)["input_ids"]
+        value = tokenizer(" " + r.answer, add_special_tokens=False)["input_ids"]
+        logits = model(input_ids=torch.as_tensor([[bos, *prefix]])).logits[0, -1]
+        assert bool(logits.argmax() == value[0]) == r.exact_match == r.first_token_correct
+    assert set(summarize(pred)["split"]) == {"id", "ood", "bio_id", "bio_ood"}
 
 
 def test_trace_identity_stage(base: Path, world: Path, tmp_path: Path) -> None:

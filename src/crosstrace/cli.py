@@ -87,6 +87,7 @@ def _evaluate(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         args.model_dir,
         args.qa,
         args.out,
+        bio_path=args.bio,
         batch_size=int(ev.get("batch_size", 1024)),
         max_new_tokens=int(ev.get("max_new_tokens", 12)),
         device=args.device or cfg.get("device", "auto"),
@@ -140,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
     s = cmd("evaluate", _evaluate, "predict every QA row; write predictions Parquet")
     s.add_argument("--model-dir", required=True)
     s.add_argument("--qa", required=True)
+    s.add_argument("--bio", help="bio.parquet: add the bio_id / bio_ood memorisation rows")
     s.add_argument("--out", required=True)
     s.add_argument("--device")
     s = cmd("posthoc-trace", _posthoc_trace, "task gradients at a finished model (no trace kept)")
