@@ -107,7 +107,11 @@ def trial(
             train_strategy(strategy, base, run, data, training, device)
             seconds = time.perf_counter() - t0
             acc = evaluate_run(
-                run / "final", data / "qa.parquet", run / "predictions.parquet", device=device
+                run / "final",
+                data / "qa.parquet",
+                run / "predictions.parquet",
+                bio_path=data / "bio.parquet",
+                device=device,
             )
             row = {
                 "trial": name,
@@ -115,6 +119,8 @@ def trial(
                 "strategy": strategy,
                 "id": round(acc.get("id", float("nan")), 3),
                 "ood": round(acc.get("ood", float("nan")), 3),
+                "bio_id": round(acc.get("bio_id", float("nan")), 3),
+                "bio_ood": round(acc.get("bio_ood", float("nan")), 3),
                 "ood_by_attribute": per_attribute(run / "predictions.parquet").get("ood"),
                 "train_seconds": round(seconds, 1),
                 "override": over,

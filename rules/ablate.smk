@@ -2,7 +2,7 @@ rule ablate:
     """Reset the shared top-k parameters to θ0 and re-evaluate, beside three controls."""
     input:
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
-        base=res("models/{model}/base"),
+        base=res("models/{model}/seed{seed}/base"),
         trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
         qa=DATA["qa"],
     output:

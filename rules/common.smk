@@ -154,10 +154,10 @@ def run_dir(model, strategy, seed):
 
 
 def train_init(wildcards):
-    """stage: start from the BIO checkpoint (and its trace); mix: start from θ0."""
+    """stage: start from the BIO checkpoint (and its trace); mix: start from θ0 of the seed."""
     if wildcards.strategy == "stage":
         return res(f"runs/{wildcards.model}/stage/seed{wildcards.seed}/bio")
-    return res(f"models/{wildcards.model}/base")
+    return res(f"models/{wildcards.model}/seed{wildcards.seed}/base")
 
 
 def train_init_trace(wildcards):

@@ -7,7 +7,7 @@ rule train_bio:
     """The BIO stage of two-stage training; shared by every `stage` run of a model and seed."""
     input:
         **DATA,
-        init=res("models/{model}/base"),
+        init=res("models/{model}/seed{seed}/base"),
     output:
         # An HF model folder that also holds trace.safetensors and train_log.parquet.
         model=directory(res("runs/{model}/stage/seed{seed}/bio")),

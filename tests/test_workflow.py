@@ -148,9 +148,18 @@ def test_schema_fills_defaults(tmp_path):
             assert cfg[key] == value, f"schema default for {key!r} differs from config.yaml"
 
 
-@pytest.mark.parametrize("configfile", ["config.yaml", "config/ci.yaml", "config/paper.yaml"])
-def test_shipped_configs_are_valid(scratch, configfile):
-    counts = dry_run(scratch, configfile)
+@pytest.mark.parametrize(
+    "configfiles",
+    [
+        ["config.yaml"],
+        ["config/ci.yaml"],
+        ["config/paper.yaml"],
+        ["config/paper.yaml", "config/paper_multi5_permute.yaml"],
+        ["config/seeds.yaml"],
+    ],
+)
+def test_shipped_configs_are_valid(scratch, configfiles):
+    counts = dry_run(scratch, *configfiles)
     assert counts["aggregate"] == 1
 
 
@@ -173,6 +182,25 @@ def test_default_dry_run_lists_the_study(scratch):
         plots=1,
         all=1,
     )
+
+
+def test_seeds_overlay_triples_the_training(scratch):
+    """config/seeds.yaml: seeds 0, 1, 2; one θ0 per model and seed, 3x every per-run job."""
+    one, three = dry_run(scratch), dry_run(scratch, "config/seeds.yaml")
+    for rule in ("base_model", "train_bio", "train", "evaluate", "dump_trace", "ablate"):
+        assert three[rule] == 3 * one[rule], rule
+    assert three["base_model"] == 2 * 3
+    proc = snakemake("-n", "--configfile", "config/seeds.yaml", cwd=scratch)
+    for model in ("llama_tiny", "neox_tiny"):
+        for seed in (0, 1, 2):
+            assert f"models/{model}/seed{seed}/base" in proc.stdout
+
+
+def test_paper_configs_headline_single_and_multi5_permute_overlay():
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())["world"]
+    assert (paper["bios_per_person"], paper["permute"], paper["fullname"]) == (1, False, False)
+    multi = yaml.safe_load((REPO / "config/paper_multi5_permute.yaml").read_text())["world"]
+    assert (multi["bios_per_person"], multi["permute"]) == (5, True)
 
 
 def test_paper_config_replaces_the_tiny_models(scratch):
@@ -198,7 +226,7 @@ def test_outputs_land_where_the_contract_says(ci_run):
         "data/bio.parquet",
         "data/qa.parquet",
         "data/people.parquet",
-        "models/llama_tiny/base/config.json",
+        "models/llama_tiny/seed0/base/config.json",
         "runs/llama_tiny/stage/seed0/bio/trace.safetensors",
         "runs/llama_tiny/stage/seed0/bio/train_log.parquet",
         "runs/neox_tiny/mix/seed0/final/config.json",
@@ -234,6 +262,7 @@ def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
     overlay.write_text("seeds: [0, 1]\n")
     new_runs = 2 * 2  # models x strategies, for seed 1 only
     assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(
+        base_model=2,  # θ0 is per model and seed
         train_bio=2,
         train=new_runs,
         evaluate=new_runs,
