@@ -43,7 +43,9 @@ def tiny_setup(device: torch.device, model_name: str):
     cfg = yaml.safe_load(Path("config.yaml").read_text())
     tmp = Path(tempfile.mkdtemp())
     synthesize_world(cfg["world"], tmp / "bio.parquet", tmp / "qa.parquet", tmp / "people.parquet")
-    build_base(cfg["models"][model_name], tmp, tmp / "base", seed=0)
+    build_base(
+        cfg["models"][model_name], tmp, tmp / "base", seed=0, bos=cfg["models"][model_name]["bos"]
+    )
     model, tok = load_model(tmp / "base", device)
     ex = training_examples(read_bio(tmp / "bio.parquet"), read_qa(tmp / "qa.parquet"), tok)
     training = TrainingConfig.from_dict(cfg["training"])

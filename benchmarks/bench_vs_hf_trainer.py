@@ -75,7 +75,7 @@ def main() -> None:
     training = TrainingConfig.from_dict(cfg["training"])
     tmp = Path(tempfile.mkdtemp())
     synthesize_world(cfg["world"], tmp / "bio.parquet", tmp / "qa.parquet", tmp / "people.parquet")
-    build_base(cfg["models"][args.model], tmp, tmp / "base", seed=0)
+    build_base(cfg["models"][args.model], tmp, tmp / "base", seed=0, bos=True)
     device = torch.device("cpu")
     ours_model, tok = load_model(tmp / "base", device)
     hf_model = copy.deepcopy(ours_model)

@@ -33,7 +33,7 @@ def main() -> int:
     ok = True
     for name, model_cfg in cfg["models"].items():
         base = tmp / name
-        build_base(model_cfg, tmp, base, seed=0)
+        build_base(model_cfg, tmp, base, seed=0, bos=True)
         sgd = {
             **cfg["training"],
             "optimizer": "sgd",

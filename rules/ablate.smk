@@ -3,7 +3,7 @@ rule ablate:
     input:
         unpack(rank_traces),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
-        base=res("models/{model}/base"),
+        base=res("models/{model}/seed{seed}/base"),
         ranking=res("runs/{model}/{strategy}/seed{seed}/ranking.parquet"),
         qa=DATA["qa"],
     output:

@@ -7,6 +7,7 @@ rule aggregate:
         predictions=all_predictions(),
         rankings=all_ranking_files(),
         ablations=all_ablations(),
+        consistency=all_consistency_files(),
     output:
         **{t: res(f"tables/{t}.parquet") for t in TABLES},
         database=res("crosstrace.duckdb"),
@@ -31,6 +32,7 @@ rule aggregate:
                 ),
                 **ranking_files(m, s, seed),
                 "ablation": os.path.join(run_dir(m, s, seed), "ablation.parquet"),
+                **consistency_files(m, s, seed),
             }
             for m, s, seed in all_runs()
         ],

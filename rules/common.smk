@@ -47,6 +47,19 @@ except WorkflowError as exc:
     ) from None
 
 config["models"] = {name: m for name, m in config["models"].items() if m is not None}
+
+
+def _fill_model_defaults(models, schema_path):
+    """validate() does not fill defaults inside the models' oneOf: take them from the schema."""
+    import yaml
+
+    with open(schema_path) as fh:
+        defs = yaml.safe_load(fh)["$defs"]
+    for m in models.values():
+        m.setdefault("bos", defs["bos"]["default"])
+
+
+_fill_model_defaults(config["models"], os.path.join(workflow.basedir, SCHEMA_FROM_ROOT))
 if not config["models"]:
     raise WorkflowError(
         "Invalid config: config key 'models' defines no model (all are null)."
@@ -62,6 +75,10 @@ FIGURES = [
     "overlap_vs_k",
     "concentration",
     "ablation",
+    "consistency_vs_step",
+    "consistency_by_set",
+    "representation",
+    "token_dependence",
 ]
 TABLES = [
     "accuracy",
@@ -76,6 +93,15 @@ TABLES = [
     "overlap_summary",
     "concentration_summary",
     "ablation_summary",
+    "consistency",
+    "consistency_by_module",
+    "consistency_by_set",
+    "representation",
+    "token_dependence",
+    "consistency_summary",
+    "consistency_by_set_summary",
+    "representation_summary",
+    "token_dependence_summary",
 ]
 
 
@@ -105,11 +131,13 @@ _TRAINING_COMMON = [
     "batch_size",
     "grad_accum",
     "checkpoint_every",
+    "pack",
+    "pack_length",
 ]
 _TRAINING_PHASE = {
     "bio": ["bio_epochs"],
     "qa": ["qa_epochs"],
-    "mix": ["mix_epochs", "qa_ratio"],
+    "mix": ["mix_epochs", "qa_ratio", "qa_loss_weight"],
 }
 
 
@@ -122,6 +150,19 @@ def training_params(phase):
 def trace_params():
     """The `trace` keys training uses (dump_top_percent belongs to the dump)."""
     return {k: config["trace"][k] for k in ("enabled", "offload_cpu")}
+
+
+def consistency_params():
+    """Gradient consistency during training (crosstrace.consistency)."""
+    a = config["analysis"]
+    return {"every": a["consistency_every"], "probe_people": a["probe_people"]}
+
+
+def train_init_consistency(wildcards):
+    """The BIO stage's consistency rows a stage run continues; None for mix."""
+    if wildcards.strategy == "stage":
+        return os.path.join(train_init(wildcards), "consistency.parquet")
+    return None
 
 
 def rank_settings():
@@ -158,10 +199,10 @@ def run_dir(model, strategy, seed):
 
 
 def train_init(wildcards):
-    """stage: start from the BIO checkpoint (and its trace); mix: start from θ0."""
+    """stage: start from the BIO checkpoint (and its trace); mix: start from θ0 of the seed."""
     if wildcards.strategy == "stage":
         return res(f"runs/{wildcards.model}/stage/seed{wildcards.seed}/bio")
-    return res(f"models/{wildcards.model}/base")
+    return res(f"models/{wildcards.model}/seed{wildcards.seed}/base")
 
 
 def train_init_trace(wildcards):
@@ -214,6 +255,21 @@ def ranking_files(model, strategy, seed):
         "cells": os.path.join(folder, "ranking_cells.parquet"),
         "agreement": os.path.join(folder, "ranking_agreement.parquet"),
     }
+
+
+def consistency_files(model, strategy, seed):
+    """A run's gradient-consistency and θT-analysis outputs, by RunFiles field."""
+    folder = run_dir(model, strategy, seed)
+    return {
+        "consistency": os.path.join(folder, "consistency.parquet"),
+        "by_set": os.path.join(folder, "consistency_by_set.parquet"),
+        "representation": os.path.join(folder, "representation.parquet"),
+        "token_dependence": os.path.join(folder, "token_dependence.parquet"),
+    }
+
+
+def all_consistency_files():
+    return [p for run in all_runs() for p in consistency_files(*run).values()]
 
 
 def all_ranking_files():

@@ -1,8 +1,10 @@
 rule evaluate:
-    """Exact-match QA accuracy of θT on trained (id) and held-out (ood) people."""
+    """Exact-match QA accuracy of θT on trained (id) and held-out (ood) people, and the
+    first attribute token after its bio prefix (bio_id / bio_ood: memorisation)."""
     input:
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
         qa=DATA["qa"],
+        bio=DATA["bio"],
     output:
         predictions=res("runs/{model}/{strategy}/seed{seed}/predictions.parquet"),
     log:

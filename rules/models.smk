@@ -1,13 +1,14 @@
 rule base_model:
-    """θ0: a tiny model with its word-level tokenizer, or a saved copy of a pretrained one."""
+    """θ0 of one model and seed: a tiny model with its word-level tokenizer (random init from
+    the seed), or a saved copy of a pretrained one."""
     input:
         **DATA,
     output:
-        model=directory(res("models/{model}/base")),
+        model=directory(res("models/{model}/seed{seed}/base")),
     log:
-        res("logs/base_model/{model}.log"),
+        res("logs/base_model/{model}/seed{seed}.log"),
     benchmark:
-        res("benchmarks/base_model/{model}.tsv")
+        res("benchmarks/base_model/{model}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
     resources:
@@ -15,7 +16,8 @@ rule base_model:
         mem_mb=4000,
     params:
         model_cfg=model_config,
-        seed=config["world"]["seed"],
+        seed=lambda wc: int(wc.seed),  # init differs by seed; the world is world.seed's
         single_token_names=config["world"]["single_token_names"],
+        bos=lambda wc: config["models"][wc.model]["bos"],
     script:
         "../workflow/scripts/models.py"

@@ -7,7 +7,7 @@ rule train_bio:
     """The BIO stage of two-stage training; shared by every `stage` run of a model and seed."""
     input:
         **DATA,
-        init=res("models/{model}/base"),
+        init=res("models/{model}/seed{seed}/base"),
     output:
         # An HF model folder that also holds trace.safetensors and train_log.parquet.
         model=directory(res("runs/{model}/stage/seed{seed}/bio")),
@@ -30,6 +30,11 @@ rule train_bio:
         init_trace=None,
         trace_out=lambda wc, output: os.path.join(output.model, "trace.safetensors"),
         log_out=lambda wc, output: os.path.join(output.model, "train_log.parquet"),
+        consistency=consistency_params(),
+        consistency_out=lambda wc, output: os.path.join(
+            output.model, "consistency.parquet"
+        ),
+        init_consistency=None,
     script:
         "../workflow/scripts/train.py"
 
@@ -43,6 +48,7 @@ rule train:
         model=directory(res("runs/{model}/{strategy}/seed{seed}/final")),
         trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
         train_log=res("runs/{model}/{strategy}/seed{seed}/train_log.parquet"),
+        consistency=res("runs/{model}/{strategy}/seed{seed}/consistency.parquet"),
     log:
         res("logs/train/{model}/{strategy}/seed{seed}.log"),
     benchmark:
@@ -62,5 +68,8 @@ rule train:
         init_trace=train_init_trace,
         trace_out=lambda wc, output: output.trace,
         log_out=lambda wc, output: output.train_log,
+        consistency=consistency_params(),
+        consistency_out=lambda wc, output: output.consistency,
+        init_consistency=train_init_consistency,
     script:
         "../workflow/scripts/train.py"

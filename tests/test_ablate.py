@@ -19,7 +19,7 @@ from crosstrace.ablate import (
     strata_ids,
 )
 from crosstrace.evaluate import predict
-from crosstrace.models import build_base, load_model
+from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULE_CODE, NO_HEAD, NO_NEURON, ParamMap
 from crosstrace.rank import RankSettings, Run, TraceDict, rank_run, rank_traces
 from crosstrace.scoring import qa_exact_match, qa_examples
@@ -156,7 +156,7 @@ def trained(tmp_path_factory) -> Path:
     synthesize_world(cfg, data / "bio.parquet", data / "qa.parquet", data / "people.parquet")
     tiny = {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
             "intermediate": 128}  # fmt: skip
-    build_base({"tiny": tiny}, data, root / "base", seed=0)
+    build_base({"tiny": tiny}, data, root / "base", seed=0, bos=True)
     training = {"lr": 3e-3, "batch_size": 16, "mix_epochs": 25, "qa_ratio": 0.5,
                 "warmup_ratio": 0.05}  # fmt: skip
     train_run(root / "base", root / "final", root / "trace.safetensors", root / "log.parquet",
@@ -168,7 +168,9 @@ def test_teacher_forced_exact_match_equals_greedy(trained):
     model, tokenizer = load_model(trained / "final")
     qa = read_qa(trained / "data" / "qa.parquet")
     greedy = predict(model, tokenizer, qa, batch_size=64, max_new_tokens=12)["exact_match"]
-    forced = qa_exact_match(model, qa_examples(qa, tokenizer), batch_size=50)
+    forced = qa_exact_match(
+        model, qa_examples(qa, tokenizer, bos_id(model, tokenizer)), batch_size=50
+    )
     assert forced.tolist() == greedy.tolist()
     assert 0 < forced.sum() < len(forced)  # a non-trivial comparison
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, LlamaModel
 
 from crosstrace import cli
 from crosstrace.dump import dump_trace
@@ -60,7 +60,7 @@ def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad")
     data = root / "data"
     synthesize_world(WORLD, data / "bio.parquet", data / "qa.parquet", data / "people.parquet")
-    build_base({"tiny": TINY}, data, root / "base", seed=0)
+    build_base({"tiny": TINY}, data, root / "base", seed=0, bos=True)
     return root
 
 
@@ -302,7 +302,8 @@ def _oom(*_args, **_kwargs):
 
 def test_out_of_memory_in_training(base, tmp_path, monkeypatch):
     tried("GPU out of memory (training)")
-    monkeypatch.setattr(LlamaForCausalLM, "forward", _oom)
+    # training runs the base model and the lm_head at supervised positions only
+    monkeypatch.setattr(LlamaModel, "forward", _oom)
     out = tmp_path / "run"
     with pytest.raises(CrosstraceError) as info:
         train_run(base / "base", out / "final", out / "trace.safetensors", out / "log.parquet",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,15 @@ def test_error_exit_code_and_log(tmp_path: Path, error: str, code: int) -> None:
     else:
         assert "Traceback" not in text
         assert "crosstrace: error: qa.parquet is truncated" in proc.stderr
+
+
+def test_a_retried_job_keeps_both_attempts_logs(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    for attempt, error in enumerate(("Preempted", "InputDataError")):
+        env = {**os.environ, "SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": str(attempt)}
+        subprocess.run([sys.executable, "-c", SCRIPT.format(error=error), str(log)],
+                       capture_output=True, text=True, check=False, env=env)  # fmt: skip
+    text = log.read_text()
+    assert text.count("==== crosstrace job attempt") == 2
+    assert "SLURM job 42, restart 0" in text and "SLURM job 42, restart 1" in text
+    assert text.count("qa.parquet is truncated") == 2

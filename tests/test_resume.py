@@ -70,7 +70,7 @@ def world(tmp_path_factory) -> Path:
     synthesize_world(
         CONFIG["world"], data / "bio.parquet", data / "qa.parquet", data / "people.parquet"
     )
-    build_base(CONFIG["models"]["tiny"], data, root / "base", seed=0)
+    build_base(CONFIG["models"]["tiny"], data, root / "base", seed=0, bos=True)
     (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     return root
 

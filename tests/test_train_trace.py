@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from crosstrace.batches import IGNORE, StepPlan, training_examples
-from crosstrace.models import build_base, load_model
+from crosstrace.errors import ConfigError
+from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.trace import load_trace
-from crosstrace.train import TrainingConfig, train_run, warmup_cosine
+from crosstrace.train import TrainingConfig, optimizer_step, train_run, warmup_cosine
 from crosstrace.world import read_bio, read_qa, synthesize_world
 
 TINY = {
@@ -53,7 +55,7 @@ def base(
     request: pytest.FixtureRequest, world: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     out = tmp_path_factory.mktemp(f"base-{request.param}") / "base"
-    build_base({"tiny": TINY[request.param]}, world, out, seed=0)
+    build_base({"tiny": TINY[request.param]}, world, out, seed=0, bos=True)
     return out
 
 
@@ -100,6 +102,147 @@ def test_trace_identity_mix(base: Path, world: Path, tmp_path: Path) -> None:
     assert sum(float(t.abs().sum()) for t in delta["qa"].values()) > 0
 
 
+def test_trace_identity_mix_weighted(base: Path, world: Path, tmp_path: Path) -> None:
+    """With qa_loss_weight ≠ 0.5 the two Δ still add up to the whole SGD parameter change."""
+    theta0 = weights(base)
+    final, trace_path = run(base, world, tmp_path, "mix", {**SGD, "qa_loss_weight": 0.8})
+    theta_t, delta = weights(final), load_trace(trace_path)
+    assert_close(
+        {n: delta["bio"][n] + delta["qa"][n] for n in theta0},
+        {n: theta0[n] - theta_t[n] for n in theta0},
+    )
+    # and the weighting changed training (not silently ignored)
+    plain, _ = run(base, world, tmp_path / "plain", "mix", SGD)
+    assert any(not torch.allclose(theta_t[n], w) for n, w in weights(plain).items())
+
+
+@pytest.mark.parametrize("phase", ["mix", "bio"])
+def test_trace_identity_packed(base: Path, world: Path, tmp_path: Path, phase: str) -> None:
+    """Packed rows (EOS-separated examples) with qa_loss_weight ≠ 0.5: Δ_bio + Δ_qa = θ0 − θT."""
+    theta0 = weights(base)
+    packed = {**SGD, "pack": True, "pack_length": 128, "batch_size": 4, "qa_loss_weight": 0.7}
+    final, trace_path = run(base, world, tmp_path, phase, packed)
+    theta_t, delta = weights(final), load_trace(trace_path)
+    assert_close(
+        {n: delta["bio"][n] + delta["qa"][n] for n in theta0},
+        {n: theta0[n] - theta_t[n] for n in theta0},
+    )
+    assert sum(float(t.abs().sum()) for t in delta["bio"].values()) > 0
+
+
+@pytest.mark.parametrize("w", [0.3, 0.8])
+def test_weighted_step_gradient_is_the_weighted_task_means(
+    base: Path, world: Path, w: float
+) -> None:
+    """One two-task step: grad = w·∇(mean QA loss) + (1−w)·∇(mean BIO loss), each computed
+    independently with full logits, one example at a time."""
+    model, tokenizer = load_model(base)
+    examples = training_examples(
+        read_bio(world / "bio.parquet"),
+        read_qa(world / "qa.parquet"),
+        tokenizer,
+        bos_id(model, tokenizer),
+    )
+    plan = StepPlan("mix", {t: len(e) for t, e in examples.items()}, batch_size=8, epochs=1, seed=0)
+    index = plan.step_indices(0)
+    ref = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for task, weight in (("qa", w), ("bio", 1 - w)):
+        n_task = sum(int((examples[task].labels[i][1:] != IGNORE).sum()) for i in index[task])
+        for i in index[task]:
+            model.zero_grad(set_to_none=True)
+            ids = torch.as_tensor(examples[task].input_ids[i])[None]
+            labels = torch.as_tensor(examples[task].labels[i])
+            logits = model(input_ids=ids).logits
+            loss = F.cross_entropy(logits[0, :-1], labels[1:], ignore_index=IGNORE, reduction="sum")
+            loss.backward()
+            for n, p in model.named_parameters():
+                ref[n] += weight / n_task * p.grad
+    model.zero_grad(set_to_none=True)
+    grads = {}
+
+    class Capture(torch.optim.SGD):
+        def step(self, closure=None):  # read the gradient the optimiser gets, do not move
+            grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
+
+    optimizer = Capture(model.parameters(), lr=0.0)
+    optimizer_step(
+        model,
+        plan.micro_batches(0, examples, tokenizer.pad_token_id),
+        optimizer,
+        None,
+        lr=0.0,
+        max_grad_norm=None,
+        amp=None,
+        qa_loss_weight=w,
+    )
+    assert_close(grads, ref)
+
+
+def test_qa_loss_weight_outside_open_interval_is_refused() -> None:
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="qa_loss_weight"):
+            TrainingConfig.from_dict({"qa_loss_weight": bad})
+
+
+def test_every_sequence_starts_with_bos(base: Path, world: Path) -> None:
+    model, tokenizer = load_model(base)
+    bos = bos_id(model, tokenizer)
+    assert bos is not None and bos == tokenizer.bos_token_id
+    examples = training_examples(
+        read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet"), tokenizer, bos
+    )
+    for ex in examples.values():
+        assert all(ids[0] == bos and (ids[1:] != bos).all() for ids in ex.input_ids)
+        assert all(lab[0] == IGNORE for lab in ex.labels)  # BOS is never a target
+
+
+def test_every_evaluation_prompt_starts_with_bos(base: Path, world: Path) -> None:
+    from crosstrace.evaluate import predict
+
+    model, tokenizer = load_model(base)
+    seen: list[torch.Tensor] = []
+    generate = model.generate
+
+    def spy(**kw):
+        seen.append(kw["input_ids"])
+        return generate(**kw)
+
+    model.generate = spy
+    qa = read_qa(world / "qa.parquet")
+    predict(model, tokenizer, qa, batch_size=7, max_new_tokens=2)
+    assert sum(len(ids) for ids in seen) == len(qa)
+    for ids in seen:  # left-padded: the first non-pad token of every row is BOS
+        for row in ids.tolist():
+            first = next(t for t in row if t != tokenizer.pad_token_id)
+            assert first == tokenizer.bos_token_id
+
+
+def test_bio_first_token_rows_match_a_reference(base: Path, world: Path, tmp_path: Path) -> None:
+    """bio_id / bio_ood rows: argmax after the bio prefix, checked one bio at a time."""
+    from crosstrace.evaluate import evaluate_run, summarize
+
+    final, _ = run(base, world, tmp_path, "mix", {**SGD, "optimizer": "adamw", "lr": 3e-3})
+    out = tmp_path / "pred.parquet"
+    acc = evaluate_run(
+        final, world / "qa.parquet", out, bio_path=world / "bio.parquet", batch_size=8
+    )
+    assert {"id", "ood", "bio_id", "bio_ood"} <= set(acc)
+    pred = pd.read_parquet(out)
+    rows = pred[pred["split"].str.startswith("bio")]
+    bio, qa = read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet")
+    assert len(rows) == 6 * len(bio)
+    trained = set(qa.loc[qa["split"] == "train", "person_id"])
+    assert set(rows.loc[rows["split"] == "bio_id", "person_id"]) == trained
+    model, tokenizer = load_model(final)
+    bos = bos_id(model, tokenizer)
+    for r in rows.itertuples():
+        prefix = tokenizer(r.question, add_special_tokens=False)["input_ids"]
+        value = tokenizer(" " + r.answer, add_special_tokens=False)["input_ids"]
+        logits = model(input_ids=torch.as_tensor([[bos, *prefix]])).logits[0, -1]
+        assert bool(logits.argmax() == value[0]) == r.exact_match == r.first_token_correct
+    assert set(summarize(pred)["split"]) == {"id", "ood", "bio_id", "bio_ood"}
+
+
 def test_trace_identity_stage(base: Path, world: Path, tmp_path: Path) -> None:
     theta0 = weights(base)
     bio_dir, bio_trace = run(base, world, tmp_path, "bio", SGD)
@@ -121,7 +264,10 @@ def test_mix_bio_delta_matches_per_example_reference(
     cfg = TrainingConfig.from_dict({**SGD, "batch_size": 8, "mix_epochs": 1})
     model, tokenizer = load_model(base)
     examples = training_examples(
-        read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet"), tokenizer
+        read_bio(world / "bio.parquet"),
+        read_qa(world / "qa.parquet"),
+        tokenizer,
+        bos_id(model, tokenizer),
     )
     plan = StepPlan(
         "mix",
@@ -199,7 +345,10 @@ def test_posthoc_trace_is_the_task_gradient(base: Path, world: Path, tmp_path: P
     delta = load_trace(out)
     model, tokenizer = load_model(base)
     examples = training_examples(
-        read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet"), tokenizer
+        read_bio(world / "bio.parquet"),
+        read_qa(world / "qa.parquet"),
+        tokenizer,
+        bos_id(model, tokenizer),
     )
     for task in ("bio", "qa"):
         ex = examples[task]

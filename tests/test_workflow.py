@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -14,12 +14,7 @@ import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-GPU_RULES = {"train_bio", "train", "evaluate", "ablate", "endpoint_trace"}
+GPU_RULES = {"train_bio", "train", "evaluate", "ablate", "endpoint_trace", "consistency"}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +104,13 @@ BAD_CONFIGS = {
     "trace_disabled": ("trace:\n  enabled: false\n", "config key 'trace.enabled'"),
     "rank_params_bad": ("analysis:\n  rank_params: biases\n", "config key 'analysis.rank_params'"),
     "rank_scope_bad": ("analysis:\n  rank_scope: [local]\n", "config key 'analysis.rank_scope.0'"),
+    "qa_loss_weight_one": ("training:\n  qa_loss_weight: 1\n", "training.qa_loss_weight"),
+    "qa_loss_weight_zero": ("training:\n  qa_loss_weight: 0\n", "training.qa_loss_weight"),
+    "bos_not_boolean": (
+        "models:\n  m:\n    bos: 1\n    tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, "
+        "intermediate: 8}\n",
+        "models.m",
+    ),
 }
 
 
@@ -143,9 +145,18 @@ def test_schema_fills_defaults(tmp_path):
             assert cfg[key] == value, f"schema default for {key!r} differs from config.yaml"
 
 
-@pytest.mark.parametrize("configfile", ["config.yaml", "config/ci.yaml", "config/paper.yaml"])
-def test_shipped_configs_are_valid(scratch, configfile):
-    counts = dry_run(scratch, configfile)
+@pytest.mark.parametrize(
+    "configfiles",
+    [
+        ["config.yaml"],
+        ["config/ci.yaml"],
+        ["config/paper.yaml"],
+        ["config/paper.yaml", "config/paper_multi5_permute.yaml"],
+        ["config/seeds.yaml"],
+    ],
+)
+def test_shipped_configs_are_valid(scratch, configfiles):
+    counts = dry_run(scratch, *configfiles)
     assert counts["aggregate"] == 1
 
 
@@ -166,10 +177,30 @@ def test_default_dry_run_lists_the_study(scratch):
         endpoint_trace=runs,
         rank=runs,
         ablate=runs,
+        consistency=runs,
         aggregate=1,
         plots=1,
         all=1,
     )
+
+
+def test_seeds_overlay_triples_the_training(scratch):
+    """config/seeds.yaml: seeds 0, 1, 2; one θ0 per model and seed, 3x every per-run job."""
+    one, three = dry_run(scratch), dry_run(scratch, "config/seeds.yaml")
+    for rule in ("base_model", "train_bio", "train", "evaluate", "dump_trace", "ablate"):
+        assert three[rule] == 3 * one[rule], rule
+    assert three["base_model"] == 2 * 3
+    proc = snakemake("-n", "--configfile", "config/seeds.yaml", cwd=scratch)
+    for model in ("llama_tiny", "neox_tiny"):
+        for seed in (0, 1, 2):
+            assert f"models/{model}/seed{seed}/base" in proc.stdout
+
+
+def test_paper_configs_headline_single_and_multi5_permute_overlay():
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())["world"]
+    assert (paper["bios_per_person"], paper["permute"], paper["fullname"]) == (1, False, False)
+    multi = yaml.safe_load((REPO / "config/paper_multi5_permute.yaml").read_text())["world"]
+    assert (multi["bios_per_person"], multi["permute"]) == (5, True)
 
 
 def test_paper_config_replaces_the_tiny_models(scratch):
@@ -195,7 +226,7 @@ def test_outputs_land_where_the_contract_says(ci_run):
         "data/bio.parquet",
         "data/qa.parquet",
         "data/people.parquet",
-        "models/llama_tiny/base/config.json",
+        "models/llama_tiny/seed0/base/config.json",
         "runs/llama_tiny/stage/seed0/bio/trace.safetensors",
         "runs/llama_tiny/stage/seed0/bio/train_log.parquet",
         "runs/neox_tiny/mix/seed0/final/config.json",
@@ -234,6 +265,7 @@ def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
     overlay.write_text("seeds: [0, 1]\n")
     new_runs = 2 * 2  # models x strategies, for seed 1 only
     assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(
+        base_model=2,  # θ0 is per model and seed
         train_bio=2,
         train=new_runs,
         evaluate=new_runs,
@@ -241,6 +273,7 @@ def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
         endpoint_trace=new_runs,
         rank=new_runs,
         ablate=new_runs,
+        consistency=new_runs,
         aggregate=1,
         plots=1,
         all=1,
@@ -262,6 +295,7 @@ def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
         endpoint_trace=2,
         rank=2,
         ablate=2,
+        consistency=2,
         aggregate=1,
         plots=1,
         all=1,
@@ -282,7 +316,7 @@ def test_changing_the_ranking_reruns_ranking_and_what_follows(ci_run, tmp_path, 
     path.write_text(overlay)
     runs = 2 * 2
     assert dry_run(ci_run, "config/ci.yaml", str(path)) == Counter(
-        rank=runs, ablate=runs, aggregate=1, plots=1, all=1
+        rank=runs, ablate=runs, consistency=runs, aggregate=1, plots=1, all=1
     )
 
 
@@ -310,6 +344,10 @@ def test_report_gathers_every_figure_with_its_caption(ci_run):
         "overlap_vs_k",
         "concentration",
         "ablation",
+        "consistency_vs_step",
+        "consistency_by_set",
+        "representation",
+        "token_dependence",
     ):
         assert f"{stem}.png" in html, stem
         caption = (REPO / f"workflow/report/{stem}.rst").read_text().split()[0]
@@ -350,10 +388,18 @@ def test_every_rule_uses_an_existing_env():
 # ---- the SLURM profile (parsed here; run for real in test_slurm.py) -----------------------
 
 
+def test_profile_slurm_dry_run_from_the_repo_root(scratch):
+    """`snakemake --profile slurm -n`, typed as is, with the installed Snakemake version."""
+    proc = snakemake("--profile", "slurm", "-n", cwd=scratch)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Using profile slurm" in proc.stdout, proc.stdout[-3000:]
+    assert "Job stats" in proc.stdout
+
+
 def test_slurm_profile_is_found_from_the_repo_root():
     link = REPO / "slurm"
     assert link.is_symlink() and link.resolve() == (REPO / "profiles/slurm").resolve()
-    profile = yaml.safe_load((link / "profile.yaml").read_text())
+    profile = yaml.safe_load((link / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
     assert profile["slurm-requeue"] is True and profile["retries"] >= 1
     assert profile["slurm-logdir"]

@@ -175,7 +175,7 @@ def ablate_run(
     definition, scope, k_percent, condition, draw, n_target, n_reset, split, n, accuracy.
     """
     from crosstrace.devices import resolve_device
-    from crosstrace.models import load_model
+    from crosstrace.models import bos_id, load_model
     from crosstrace.scoring import qa_exact_match, qa_examples
     from crosstrace.world import read_qa
 
@@ -191,7 +191,7 @@ def ablate_run(
     shapes = {n: tuple(p.shape) for n, p in final.items()}
     pmap = ParamMap(net.config)
     qa = read_qa(qa_path)
-    examples = qa_examples(qa, tokenizer)
+    examples = qa_examples(qa, tokenizer, bos_id(net, tokenizer))
     splits = qa["split"].map({"train": "id", "test": "ood"}).to_numpy()
 
     def accuracy() -> list[tuple[str, int, float]]:

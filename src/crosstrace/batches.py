@@ -39,40 +39,99 @@ class Examples:
         return np.array([int((lab[1:] != IGNORE).sum()) for lab in self.labels], dtype=np.int64)
 
 
-def tokenize_bio(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> Examples:
-    """BIO examples: loss on every token (the model predicts each next word and the EOS)."""
+def tokenize_bio(
+    texts: list[str], tokenizer: PreTrainedTokenizerBase, bos_id: int | None = None
+) -> Examples:
+    """BIO examples: loss on every token (the model predicts each next word and the EOS).
+
+    With ``bos_id`` each sequence starts with it; the BOS itself is never a target.
+    """
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    ids = [np.asarray([*seq, eos], dtype=np.int64) for seq in encoded]
-    return Examples("bio", ids, [seq.copy() for seq in ids])
+    start = [] if bos_id is None else [bos_id]
+    ids = [np.asarray([*start, *seq, eos], dtype=np.int64) for seq in encoded]
+    labels = []
+    for seq in ids:
+        lab = seq.copy()
+        lab[: len(start)] = IGNORE
+        labels.append(lab)
+    return Examples("bio", ids, labels)
 
 
 def tokenize_qa(
-    questions: list[str], answers: list[str], tokenizer: PreTrainedTokenizerBase
+    questions: list[str],
+    answers: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    bos_id: int | None = None,
 ) -> Examples:
     """QA examples: loss on the answer tokens (and the closing EOS) only."""
     prompts = tokenizer([qa_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
     targets = tokenizer([qa_target(a) for a in answers], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
+    start = [] if bos_id is None else [bos_id]
     ids, labels = [], []
     for prompt, target in zip(prompts, targets, strict=True):
-        seq = np.asarray([*prompt, *target, eos], dtype=np.int64)
+        seq = np.asarray([*start, *prompt, *target, eos], dtype=np.int64)
         lab = seq.copy()
-        lab[: len(prompt)] = IGNORE
+        lab[: len(start) + len(prompt)] = IGNORE
         ids.append(seq)
         labels.append(lab)
     return Examples("qa", ids, labels)
 
 
 def training_examples(
-    bio: pd.DataFrame, qa: pd.DataFrame, tokenizer: PreTrainedTokenizerBase
+    bio: pd.DataFrame,
+    qa: pd.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    bos_id: int | None = None,
 ) -> dict[str, Examples]:
-    """All BIO texts and the QA pairs of the training split."""
+    """All BIO texts and the QA pairs of the training split (``bos_id``: see
+    :func:`crosstrace.models.bos_id`, the one reader of a model folder's BOS setting)."""
     train_qa = qa[qa["split"] == "train"]
     return {
-        "bio": tokenize_bio(bio["text"].tolist(), tokenizer),
-        "qa": tokenize_qa(train_qa["question"].tolist(), train_qa["answer"].tolist(), tokenizer),
+        "bio": tokenize_bio(bio["text"].tolist(), tokenizer, bos_id),
+        "qa": tokenize_qa(
+            train_qa["question"].tolist(), train_qa["answer"].tolist(), tokenizer, bos_id
+        ),
     }
+
+
+def pack(examples: Examples, length: int, seed: int) -> Examples:
+    """Concatenate a task's examples into rows of at most ``length`` tokens (bioS packing).
+
+    Each example keeps its tokens and labels (it ends with EOS, so rows are EOS-separated);
+    no example is split across rows, and the first token of each example is never a target,
+    as without packing. The grouping is fixed by ``seed``; epochs permute the rows.
+    """
+    longest = max((len(ids) for ids in examples.input_ids), default=0)
+    if longest > length:
+        raise ConfigError(
+            f"training.pack_length ({length}) is shorter than the longest {examples.task} "
+            f"example ({longest} tokens); raise it (examples are never split or truncated)"
+        )
+    order = np.random.default_rng([seed, 3, {"bio": 1, "qa": 2}[examples.task]]).permutation(
+        len(examples)
+    )
+    rows_ids: list[np.ndarray] = []
+    rows_labels: list[np.ndarray] = []
+    ids_part: list[np.ndarray] = []
+    label_part: list[np.ndarray] = []
+    used = 0
+    for i in order:
+        ids = examples.input_ids[i]
+        if used + len(ids) > length:
+            rows_ids.append(np.concatenate(ids_part))
+            rows_labels.append(np.concatenate(label_part))
+            ids_part, label_part, used = [], [], 0
+        labels = examples.labels[i].copy()
+        labels[0] = IGNORE  # predicted from the previous example's EOS otherwise
+        ids_part.append(ids)
+        label_part.append(labels)
+        used += len(ids)
+    if ids_part:
+        rows_ids.append(np.concatenate(ids_part))
+        rows_labels.append(np.concatenate(label_part))
+    return Examples(examples.task, rows_ids, rows_labels)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,12 @@ def _build_base(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         raise ConfigError(f"model {args.model!r} is not in the config's models: {sorted(models)}")
     single = bool((cfg.get("world") or {}).get("single_token_names", True))
     build_base(
-        models[args.model], args.data_dir, args.out, seed=args.seed, single_token_names=single
+        models[args.model],
+        args.data_dir,
+        args.out,
+        seed=args.seed,
+        single_token_names=single,
+        bos=bool(models[args.model].get("bos", True)),  # the schema's default (models.*.bos)
     )
 
 
@@ -82,6 +87,7 @@ def _evaluate(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         args.model_dir,
         args.qa,
         args.out,
+        bio_path=args.bio,
         batch_size=int(ev.get("batch_size", 1024)),
         max_new_tokens=int(ev.get("max_new_tokens", 12)),
         device=args.device or cfg.get("device", "auto"),
@@ -135,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
     s = cmd("evaluate", _evaluate, "predict every QA row; write predictions Parquet")
     s.add_argument("--model-dir", required=True)
     s.add_argument("--qa", required=True)
+    s.add_argument("--bio", help="bio.parquet: add the bio_id / bio_ood memorisation rows")
     s.add_argument("--out", required=True)
     s.add_argument("--device")
     s = cmd("posthoc-trace", _posthoc_trace, "task gradients at a finished model (no trace kept)")

@@ -124,15 +124,15 @@ def probe_people(qa: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def build_probes(bio: pd.DataFrame, qa: pd.DataFrame, tokenizer, n: int) -> Probes:
+def build_probes(bio: pd.DataFrame, qa: pd.DataFrame, tokenizer, n: int, bos: int | None) -> Probes:
     people = probe_people(qa, n)
     examples = {}
     for source, ids in people.items():
         b = bio[bio["person_id"].isin(ids)].sort_values("person_id", kind="stable")
         q = qa[qa["person_id"].isin(ids)].sort_values(["person_id", "attribute"], kind="stable")
         examples[source] = {
-            "bio": tokenize_bio(b["text"].tolist(), tokenizer),
-            "qa": tokenize_qa(q["question"].tolist(), q["answer"].tolist(), tokenizer),
+            "bio": tokenize_bio(b["text"].tolist(), tokenizer, bos),
+            "qa": tokenize_qa(q["question"].tolist(), q["answer"].tolist(), tokenizer, bos),
         }
     return Probes(people, examples)
 
@@ -146,17 +146,15 @@ def task_gradient(
     batch_size: int = 64,
 ) -> list[torch.Tensor]:
     """∇ of the mean token loss over ``examples``; ``.grad`` is left as it was."""
-    from crosstrace.train import token_loss_sum
+    from crosstrace.train import supervised_loss_sum
 
     device = params[0].device
     total = int(examples.supervised_tokens.sum())
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     for start in range(0, len(examples), batch_size):
         mb = collate(examples, np.arange(start, min(start + batch_size, len(examples))), pad_id)
-        logits = model(
-            input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device)
-        ).logits
-        loss = token_loss_sum(logits, mb.labels.to(device)) / total
+        ids, labels = mb.input_ids.to(device), mb.labels.to(device)
+        loss = supervised_loss_sum(model, ids, None, labels) / total
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for a, g in zip(acc, grads, strict=True):
             if g is not None:
@@ -323,3 +321,69 @@ def probe_gradients(
             {n: g.cpu().numpy() for (n, _), g in zip(named, gq, strict=True)},
         )
     return out
+
+
+# ---- the rule: analyses of one run's final model -------------------------------------------
+
+FINAL_OUTPUTS = ("by_set", "representation", "token_dependence")
+
+
+def analyse_final_model(
+    model_dir,
+    data_dir,
+    traces,
+    ranking_path,
+    out,
+    *,
+    run,
+    settings,
+    probe_people: int,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, pd.DataFrame]:
+    """Consistency by set, representation consistency and token dependence of θT.
+
+    ``traces``: {definition: trace file}; ``out``: {by_set, representation, token_dependence}
+    → Parquet paths (written only once all three are computed).
+    """
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from crosstrace.atomic import atomic_file
+    from crosstrace.devices import resolve_device
+    from crosstrace.models import bos_id, load_model
+    from crosstrace.rank import TraceFile, read_ranking
+    from crosstrace.representation import representation_tables, token_dependence
+    from crosstrace.world import read_bio, read_people, read_qa
+
+    ranking, _ = read_ranking(ranking_path, settings=settings, run=run)
+    model, tokenizer = load_model(model_dir, resolve_device(device))
+    model.eval()
+    data = Path(data_dir)
+    bio, qa = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
+    people = read_people(data / "people.parquet")
+    bos = bos_id(model, tokenizer)
+    probes = build_probes(bio, qa, tokenizer, probe_people, bos)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    sources = {d: TraceFile(traces[d], what=f"{run} {d} trace") for d in settings.definitions}
+    tables = {
+        "by_set": consistency_by_set(
+            sources,
+            probe_gradients(model, probes, tokenizer.pad_token_id),
+            ranking,
+            settings,
+            ParamMap(model.config),
+            shapes,
+            seed=[int(seed), int(run.seed)],
+        ),
+        "representation": representation_tables(model, tokenizer, people, bio, qa, bos),
+        "token_dependence": token_dependence(
+            model, tokenizer, qa, bos, people=probes.people["probe_ood"]
+        ),
+    }
+    for name in FINAL_OUTPUTS:
+        with atomic_file(out[name]) as tmp:
+            pq.write_table(pa.Table.from_pandas(tables[name], preserve_index=False), tmp)
+    return tables

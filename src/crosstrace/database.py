@@ -46,7 +46,17 @@ TABLES = (
     "overlap_summary",
     "concentration_summary",
     "ablation_summary",
+    "consistency",
+    "consistency_by_module",
+    "consistency_by_set",
+    "representation",
+    "token_dependence",
+    "consistency_summary",
+    "consistency_by_set_summary",
+    "representation_summary",
+    "token_dependence_summary",
 )
+CONSISTENCY_FILES = ("consistency", "by_set", "representation", "token_dependence")
 
 
 def sql(name: str) -> str:
@@ -133,6 +143,10 @@ class RunFiles:
     cells: str | os.PathLike[str]
     agreement: str | os.PathLike[str]
     ablation: str | os.PathLike[str] | None = None
+    consistency: str | os.PathLike[str] | None = None
+    by_set: str | os.PathLike[str] | None = None
+    representation: str | os.PathLike[str] | None = None
+    token_dependence: str | os.PathLike[str] | None = None
 
 
 def build_database(
@@ -154,7 +168,8 @@ def build_database(
     if not runs:
         raise InputDataError("build_database: no runs given")
     for files in runs:
-        for what in ("predictions", "ranking", "cells", "agreement", "ablation"):
+        for what in ("predictions", "ranking", "cells", "agreement", "ablation",
+                     *CONSISTENCY_FILES):  # fmt: skip
             path = getattr(files, what)
             if path is not None and not Path(path).is_file():
                 raise InputDataError(f"run {files.run}: {what} file {path} does not exist")
@@ -202,7 +217,16 @@ def build_database(
                 _run(con, "accuracy", {**params, "path": str(files.predictions)})
                 if files.ablation is not None:
                     _run(con, "ablation_load", {"path": str(files.ablation)})
-            for name in ("overlap", "concentration", "ablation", "summaries"):
+                paths = {what: getattr(files, what) for what in CONSISTENCY_FILES}
+                if all(p is not None for p in paths.values()):
+                    _run(
+                        con, "consistency_load", {**params, **{k: str(v) for k, v in paths.items()}}
+                    )
+                elif any(p is not None for p in paths.values()):
+                    raise InputDataError(
+                        f"run {files.run}: give all of {CONSISTENCY_FILES} or none"
+                    )
+            for name in ("overlap", "concentration", "ablation", "consistency", "summaries"):
                 _run(con, name)
             con.execute("CHECKPOINT")
             tables_dir.mkdir(parents=True, exist_ok=True)

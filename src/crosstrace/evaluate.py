@@ -15,8 +15,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from crosstrace.atomic import atomic_file
 from crosstrace.devices import resolve_device
 from crosstrace.errors import CrosstraceError
-from crosstrace.models import count_parameters, load_model
-from crosstrace.world import qa_prompt, qa_target, read_qa
+from crosstrace.models import bos_id, count_parameters, load_model
+from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target, read_bio, read_qa
 
 SPLIT_NAMES = {"train": "id", "test": "ood"}
 _SPACE = re.compile(r"\s+")
@@ -41,7 +41,13 @@ def predict(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    prompts = [qa_prompt(q) for q in qa["question"]]
+    start = [] if (bos := bos_id(model, tokenizer)) is None else [bos]
+    prompts = [
+        [*start, *ids]
+        for ids in tokenizer([qa_prompt(q) for q in qa["question"]], add_special_tokens=False)[
+            "input_ids"
+        ]
+    ]
     target_ids = tokenizer([qa_target(a) for a in qa["answer"]], add_special_tokens=False)[
         "input_ids"
     ]
@@ -51,14 +57,11 @@ def predict(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     generated: list[list[int]] = []
     try:
-        for start in tqdm(
+        for first in tqdm(
             range(0, len(prompts), batch_size), desc="evaluate", disable=not progress
         ):
-            enc = tokenizer(
-                prompts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
+            enc = tokenizer.pad(
+                {"input_ids": prompts[first : first + batch_size]}, return_tensors="pt"
             ).to(device)
             out = model.generate(
                 **enc,
@@ -96,6 +99,69 @@ def predict(
     )
 
 
+BIO_SPLIT_NAMES = {"train": "bio_id", "test": "bio_ood"}
+
+
+@torch.inference_mode()
+def bio_first_token(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    bio: pd.DataFrame,
+    qa: pd.DataFrame,
+    *,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Memorisation diagnostic: teacher-forced, is each attribute's first token the argmax
+    after its bio prefix? One row per bio and attribute, split ``bio_id`` (people whose QA is
+    trained) or ``bio_ood`` (held-out people), in the columns of :func:`predict`."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    start = [] if (bos := bos_id(model, tokenizer)) is None else [bos]
+    split = qa.groupby("person_id")["split"].first().map(BIO_SPLIT_NAMES)
+    enc = tokenizer(bio["text"].tolist(), add_special_tokens=False, return_offsets_mapping=True)
+    rows: list[dict[str, Any]] = []
+    targets: list[tuple[int, int, int]] = []  # (bio, position predicting, target id)
+    for i, rec in enumerate(bio.itertuples(index=False)):
+        ids, offsets = enc["input_ids"][i], enc["offset_mapping"][i]
+        for a in ATTRIBUTES:
+            begin, end = getattr(rec, f"{a}_start"), getattr(rec, f"{a}_end")
+            j = next(k for k, (_, stop) in enumerate(offsets) if stop > begin)
+            targets.append((i, len(start) + j - 1, ids[j]))
+            rows.append(
+                {
+                    "person_id": rec.person_id,
+                    "attribute": a,
+                    "split": split[rec.person_id],
+                    "question": rec.text[:begin],
+                    "answer": rec.text[begin:end],
+                }
+            )
+    predicted = np.zeros(len(targets), dtype=np.int64)
+    sequences = [[*start, *ids] for ids in enc["input_ids"]]
+    try:
+        for first in range(0, len(sequences), batch_size):
+            chunk = sequences[first : first + batch_size]
+            ids = torch.full((len(chunk), max(map(len, chunk))), tokenizer.pad_token_id)
+            for r, seq in enumerate(chunk):  # right padding: causal, pads come after
+                ids[r, : len(seq)] = torch.as_tensor(seq)
+            hidden = model.base_model(input_ids=ids.to(device))[0]
+            sel = [(t, b - first, pos) for t, (b, pos, _) in enumerate(targets)
+                   if first <= b < first + batch_size]  # fmt: skip
+            index = torch.as_tensor([[r, pos] for _, r, pos in sel], device=device)
+            logits = model.get_output_embeddings()(hidden[index[:, 0], index[:, 1]])
+            predicted[[t for t, _, _ in sel]] = logits.argmax(-1).cpu().numpy()
+    finally:
+        model.train(was_training)
+    correct = predicted == np.array([t for _, _, t in targets])
+    frame = pd.DataFrame(rows)
+    frame["person_id"] = frame["person_id"].astype(np.int32)
+    frame["prediction"] = tokenizer.convert_ids_to_tokens(predicted.tolist())
+    frame["exact_match"] = correct
+    frame["first_token_correct"] = correct
+    return frame
+
+
 def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per split and attribute, with an ``all`` row per split."""
     per_attr = predictions.groupby(["split", "attribute"], as_index=False).agg(
@@ -119,11 +185,16 @@ def evaluate_run(
     qa_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
+    bio_path: str | os.PathLike[str] | None = None,
     batch_size: int = 1024,
     max_new_tokens: int = 12,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Predict every QA row with the model in ``model_dir``; write predictions to Parquet."""
+    """Predict every QA row with the model in ``model_dir``; write predictions to Parquet.
+
+    With ``bio_path``, the memorisation diagnostic (:func:`bio_first_token`) adds rows of
+    split ``bio_id`` / ``bio_ood``.
+    """
     model, tokenizer = load_model(model_dir, resolve_device(device))
     qa = read_qa(qa_path)
     try:
@@ -135,6 +206,11 @@ def evaluate_run(
             max_new_tokens=max_new_tokens,
             progress=True,
         )
+        if bio_path is not None:
+            memorised = bio_first_token(
+                model, tokenizer, read_bio(bio_path), qa, batch_size=max(1, batch_size // 4)
+            )
+            predictions = pd.concat([predictions, memorised], ignore_index=True)
     except torch.cuda.OutOfMemoryError as exc:
         n = count_parameters(model)
         raise CrosstraceError(

@@ -122,8 +122,12 @@ def build_base(
     *,
     seed: int = 0,
     single_token_names: bool = True,
+    bos: bool,
 ) -> None:
-    """Write θ0: a tiny model with its word-level tokenizer, or a copy of a real checkpoint."""
+    """Write θ0: a tiny model with its word-level tokenizer, or a copy of a real checkpoint.
+
+    ``bos`` (config ``models.*.bos``) is recorded in the folder; see :func:`bos_id`.
+    """
     if "tiny" in model_cfg:
         from crosstrace.tokenizer import word_tokenizer_for_world
         from crosstrace.world import read_bio, read_people, read_qa
@@ -142,7 +146,37 @@ def build_base(
         )
     else:
         raise ConfigError("a models entry needs either `tiny:` or `pretrained:`")
+    record_bos(model, tokenizer, bos)
     save_model(model, tokenizer, out_dir)
+
+
+BOS_KEY = "crosstrace_bos"  # in a model folder's config.json: sequences start with BOS
+
+
+def record_bos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, bos: bool) -> None:
+    """Record in the model's config whether its sequences start with BOS (saved with it)."""
+    if bos and tokenizer.bos_token_id is None:
+        raise ConfigError(
+            "models.*.bos is true but the tokenizer has no BOS token "
+            f"({type(tokenizer).__name__}); set bos: false for this model"
+        )
+    setattr(model.config, BOS_KEY, bool(bos))
+
+
+def bos_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id every training and evaluation sequence of this model starts with, or None.
+
+    Read from the model folder (written by :func:`record_bos` into θ0 and carried by every
+    checkpoint saved from it), so training, evaluation, post-hoc traces and ablation agree
+    without the config. Folders from before the setting have no key: no BOS, as trained.
+    """
+    if not getattr(model.config, BOS_KEY, False):
+        return None
+    if tokenizer.bos_token_id is None:
+        raise CrosstraceError(
+            f"the model folder asks for BOS ({BOS_KEY}) but its tokenizer has none"
+        )
+    return int(tokenizer.bos_token_id)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -8,6 +8,13 @@ Figures (file stem → caption in workflow/report/<stem>.rst):
 - ``overlap_vs_k``: enrichment of the shared set over the stratified null, vs k.
 - ``concentration``: Gini of the shared set over heads and neurons, next to each task's own.
 - ``ablation``: accuracy drop when shared parameters are reset, vs the matched controls.
+- ``consistency_vs_step``: cosine of the BIO and QA gradients on the probe batches during
+  training, per module, stage vs mix.
+- ``consistency_by_set``: that cosine at θT and of the trace, on the shared set vs a matched
+  random set vs every ranked parameter.
+- ``representation``: per layer, the cosine of a person's name-token state in BIO and QA
+  contexts (vs mismatched people), and the BIO→QA probe transfer.
+- ``token_dependence``: the drop of log p(answer) when one prompt token is masked, by class.
 
 The per-layer, per-head and concentration figures show one ranking (``definition`` and
 ``scope``): the first of each in the tables (the config's order), named in the title.
@@ -37,6 +44,10 @@ FIGURES = (
     "overlap_vs_k",
     "concentration",
     "ablation",
+    "consistency_vs_step",
+    "consistency_by_set",
+    "representation",
+    "token_dependence",
 )
 SPLIT_ORDER = ["id", "ood", "bio_id", "bio_ood"]
 FORMATS = ("png", "pdf", "svg")
@@ -47,7 +58,17 @@ MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "m
 def load_tables(source: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     """Analysis tables from a tables folder (``<name>.parquet``) or a DuckDB file."""
     source = Path(source)
-    names = ("accuracy", "shared_counts", "overlap", "ablation_draws", "concentration")
+    names = (
+        "accuracy",
+        "shared_counts",
+        "overlap",
+        "ablation_draws",
+        "concentration",
+        "consistency_by_module",
+        "consistency_by_set",
+        "representation",
+        "token_dependence",
+    )
     if source.is_file():
         from crosstrace.database import connect
 
@@ -225,9 +246,12 @@ def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
         aspect=1.1,
         facet_kws={"sharey": False},
     )
+    ks = sorted(d["k_percent"].unique())
     for ax in g.axes.flat:
         ax.axhline(1.0, color="grey", ls=":", lw=2)
         ax.set_xscale("log")
+        ax.set_xticks(ks, [f"{k:g}" for k in ks])
+        ax.minorticks_off()
     g.set_axis_labels("k (% of ranked parameters)", "n_shared / expected_shared")
     g.set_titles("{col_name}")
     g.figure.suptitle(
@@ -303,6 +327,138 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     return g.figure
 
 
+def _ci(df: pd.DataFrame):
+    return ("ci", 95) if "seed" in df and df["seed"].nunique() > 1 else None
+
+
+def fig_consistency_vs_step(cons: pd.DataFrame) -> plt.Figure:
+    title = "Cosine of the BIO and QA gradients during training (probe batches)"
+    if cons.empty:
+        return _empty(title, "no consistency records")
+    d = cons[cons["source"].isin(["probe_id", "probe_ood"])].copy()
+    d["source"] = d["source"].map({"probe_id": "trained people", "probe_ood": "held-out people"})
+    g = sns.relplot(
+        data=d,
+        x="run_step",
+        y="cosine",
+        hue="strategy",
+        style="source",
+        col="module",
+        row="model",
+        kind="line",
+        errorbar=_ci(d),
+        col_order=[m for m in MODULE_ORDER if m in set(d["module"])],
+        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
+        height=2.6,
+        aspect=1.1,
+    )
+    for ax in g.axes.flat:
+        ax.axhline(0, color="k", lw=0.6)
+    g.set_axis_labels("training step (stage: BIO, then QA)", "cos(g_BIO, g_QA)")
+    g.set_titles("{row_name} · {col_name}")
+    g.figure.suptitle(title, y=1.03)
+    return g.figure
+
+
+def fig_consistency_by_set(by_set: pd.DataFrame, k: float | None) -> plt.Figure:
+    title = "BIO–QA gradient cosine on the shared set, a matched random set and all ranked"
+    if by_set.empty or k is None:
+        return _empty(title, "no consistency_by_set table")
+    by_set, label = primary(by_set)
+    d = by_set[by_set["k_percent"] == k]
+    g = sns.catplot(
+        data=d,
+        x="set",
+        y="cosine",
+        hue="strategy",
+        col="source",
+        row="model",
+        kind="bar",
+        order=["shared", "random", "all"],
+        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
+        errorbar=_ci(d),
+        height=2.8,
+        aspect=1.0,
+    )
+    for ax in g.axes.flat:
+        ax.axhline(0, color="k", lw=0.6)
+    g.set_titles("{row_name} · {col_name}")
+    g.figure.suptitle(
+        f"{title}, k = {k:g}%, {label} (trace: Δ over training; probe_*: gradients at θT)",
+        y=1.03,
+    )
+    return g.figure
+
+
+def fig_representation(rep: pd.DataFrame) -> plt.Figure:
+    title = "Name-token representations in BIO and QA contexts, per layer"
+    if rep.empty:
+        return _empty(title, "no representation table")
+    cos = rep[rep["measure"] == "cosine"]
+    cos = cos.groupby(["model", "strategy", "seed", "layer", "split"], as_index=False)[
+        ["value", "baseline"]
+    ].mean()
+    long = cos.melt(
+        id_vars=["model", "strategy", "seed", "layer", "split"],
+        value_vars=["value", "baseline"],
+        var_name="pair",
+        value_name="y",
+    )
+    long["pair"] = long["pair"].map({"value": "same person", "baseline": "other person"})
+    long["panel"] = "cosine BIO vs QA state"
+    tr = (
+        rep[rep["measure"] == "transfer"]
+        .groupby(["model", "strategy", "seed", "layer"], as_index=False)[["value", "baseline"]]
+        .mean()
+    )
+    tr = tr.rename(columns={"value": "y"}).assign(pair="probe BIO→QA", panel="probe transfer")
+    d = pd.concat([long, tr[long.columns.intersection(tr.columns)]], ignore_index=True)
+    d = d[(d.get("split", "ood") != "id") | (d["panel"] != "cosine BIO vs QA state")]
+    g = sns.relplot(
+        data=d,
+        x="layer",
+        y="y",
+        hue="strategy",
+        style="pair",
+        col="panel",
+        row="model",
+        kind="line",
+        markers=True,
+        errorbar=_ci(d),
+        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
+        height=2.8,
+        aspect=1.2,
+        facet_kws={"sharey": False},
+    )
+    g.set_axis_labels("layer (0 = embeddings)", "")
+    g.set_titles("{row_name} · {col_name}")
+    g.figure.suptitle(f"{title} (held-out people)", y=1.03)
+    return g.figure
+
+
+def fig_token_dependence(td: pd.DataFrame) -> plt.Figure:
+    title = "Change of log p(answer) when one prompt token is masked (held-out people)"
+    if td.empty:
+        return _empty(title, "no token_dependence table")
+    d = td.groupby(["model", "strategy", "seed", "token_class"], as_index=False)["delta"].mean()
+    g = sns.catplot(
+        data=d,
+        x="token_class",
+        y="delta",
+        hue="strategy",
+        col="model",
+        kind="bar",
+        order=["name", "relation", "other"],
+        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
+        errorbar=_ci(d),
+        height=3.0,
+        aspect=1.1,
+    )
+    g.set_axis_labels("masked token", "Δ log p(answer)")
+    g.figure.suptitle(title, y=1.03)
+    return g.figure
+
+
 def make_figures(
     source: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -330,6 +486,10 @@ def make_figures(
         "overlap_vs_k": lambda: fig_overlap(t["overlap"]),
         "concentration": lambda: fig_concentration(t["concentration"], k),
         "ablation": lambda: fig_ablation(t["ablation_draws"]),
+        "consistency_vs_step": lambda: fig_consistency_vs_step(t["consistency_by_module"]),
+        "consistency_by_set": lambda: fig_consistency_by_set(t["consistency_by_set"], k),
+        "representation": lambda: fig_representation(t["representation"]),
+        "token_dependence": lambda: fig_token_dependence(t["token_dependence"]),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from crosstrace.batches import collate, training_examples
 from crosstrace.devices import autocast_dtype, resolve_device
-from crosstrace.models import load_model
+from crosstrace.models import bos_id, load_model
 from crosstrace.trace import TASKS, save_trace
-from crosstrace.train import token_loss_sum
+from crosstrace.train import supervised_loss_sum
 from crosstrace.world import read_bio, read_qa
 
 
@@ -40,7 +40,10 @@ def posthoc_trace(
     model.eval()  # no dropout: a deterministic gradient at θ
     data = Path(data_dir)
     examples = training_examples(
-        read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet"), tokenizer
+        read_bio(data / "bio.parquet"),
+        read_qa(data / "qa.parquet"),
+        tokenizer,
+        bos_id(model, tokenizer),
     )
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     deltas: dict[str, dict[str, torch.Tensor]] = {}
@@ -53,12 +56,8 @@ def posthoc_trace(
             mb = collate(
                 ex, np.arange(start, min(start + batch_size, len(ex))), tokenizer.pad_token_id
             )
-            labels = mb.labels.to(dev)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                logits = model(
-                    input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev)
-                ).logits
-            (token_loss_sum(logits, labels) / total).backward()
+            loss = supervised_loss_sum(model, mb.input_ids.to(dev), None, mb.labels.to(dev), amp)
+            (loss / total).backward()
         deltas[task] = {
             n: (p.grad.detach().float().cpu() if p.grad is not None else torch.zeros(p.shape))
             for n, p in params

@@ -19,9 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from crosstrace.batches import IGNORE, Examples, collate, tokenize_qa
 
 
-def qa_examples(qa: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Examples:
-    """Every QA row (both splits) as a training-format example: prompt, answer, EOS."""
-    return tokenize_qa(qa["question"].tolist(), qa["answer"].tolist(), tokenizer)
+def qa_examples(qa: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, bos: int | None) -> Examples:
+    """Every QA row (both splits) as a training-format example: [BOS,] prompt, answer, EOS."""
+    return tokenize_qa(qa["question"].tolist(), qa["answer"].tolist(), tokenizer, bos)
 
 
 @torch.inference_mode()

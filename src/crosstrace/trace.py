@@ -67,6 +67,18 @@ class GradientTrace:
         """Snapshot the running gradient after ``task``'s backward passes (used in mixed steps)."""
         self._snapshots.append((task, [g.clone() for g in self._grads()]))
 
+    def raw_shares(self, last_task: str) -> dict[str, list[torch.Tensor]]:
+        """Each task's share of the step's gradient so far (before clipping): the snapshot
+        differences, and the running ``.grad`` minus the last snapshot for ``last_task``."""
+        out: dict[str, list[torch.Tensor]] = {}
+        previous: list[torch.Tensor] | None = None
+        for task, snap in self._snapshots:
+            out[task] = snap if previous is None else torch._foreach_sub(snap, previous)
+            previous = snap
+        grads = self._grads()
+        out[last_task] = grads if previous is None else torch._foreach_sub(grads, previous)
+        return out
+
     def accumulate(self, last_task: str, lr: float, clip_coef: float = 1.0) -> None:
         """Add lr · (clipped) gradient share of each task in this step to its accumulator.
 

@@ -7,6 +7,7 @@ warmup + cosine, clipping, accumulation and bf16 autocast are each a few visible
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from crosstrace.atomic import atomic_file
-from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
+from crosstrace.batches import IGNORE, MicroBatch, StepPlan, pack, training_examples
 from crosstrace.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -35,9 +36,11 @@ from crosstrace.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from crosstrace.consistency import ConsistencyRecorder, build_probes
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.errors import ConfigError, CrosstraceError
-from crosstrace.models import count_parameters, load_model, save_model
+from crosstrace.models import bos_id, count_parameters, load_model, save_model
+from crosstrace.param_map import ParamMap
 from crosstrace.trace import GradientTrace, load_trace, save_trace
 from crosstrace.world import read_bio, read_qa
 
@@ -61,6 +64,12 @@ class TrainingConfig:
     qa_epochs: int = 30
     mix_epochs: int = 60
     qa_ratio: float = 0.5
+    # mix: w · mean QA token loss + (1 − w) · mean BIO token loss per step. None (library use
+    # only; the schema always sets it): the token mean over both tasks, which gives QA the
+    # share of its supervised tokens (7–17 %).
+    qa_loss_weight: float | None = None
+    pack: bool = False  # concatenate each task's examples into rows of pack_length tokens
+    pack_length: int = 256
     checkpoint_every: int = 500
 
     @classmethod
@@ -76,6 +85,10 @@ class TrainingConfig:
             )
         if out.lr <= 0:
             raise ConfigError(f"training.lr must be > 0, got {out.lr}")
+        if out.qa_loss_weight is not None and not 0.0 < out.qa_loss_weight < 1.0:
+            raise ConfigError(
+                f"training.qa_loss_weight must be in (0, 1), got {out.qa_loss_weight}"
+            )
         return out
 
     def epochs(self, phase: str) -> int:
@@ -168,16 +181,41 @@ def _oom_message(model: torch.nn.Module, cfg: TrainingConfig) -> str:
     )
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def supervised_loss_sum(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
     """Summed next-token cross-entropy over the supervised positions.
 
-    The labels are shifted (padded with IGNORE) rather than the logits sliced, which would copy
-    the whole [batch, length, vocab] tensor on every micro-batch.
+    The output embedding (lm_head: hidden × vocab, the largest matmul of a tiny model) and the
+    softmax run only at positions whose next token is supervised: about 4 of 14 in a QA
+    sequence. Positions without a target do not enter the loss, so the gradient is the one of
+    the full-logits loss. ``attention_mask`` may be None for right-padded batches: under the
+    causal mask no real token attends to a pad on its right, so the real positions are the same.
     """
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
-    return F.cross_entropy(
-        logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
+    keep = shifted != IGNORE
+    with torch.autocast(input_ids.device.type, dtype=amp, enabled=amp is not None):
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        logits = model.get_output_embeddings()(hidden[keep])
+    return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
+
+
+def task_coefficients(tokens: dict[str, int], qa_loss_weight: float | None) -> dict[str, float]:
+    """What each task's summed token loss is multiplied by in one optimizer step.
+
+    A step with both tasks and a ``qa_loss_weight`` w: w / (QA tokens) and (1 − w) / (BIO
+    tokens), i.e. w · mean QA loss + (1 − w) · mean BIO loss. Otherwise (one task, or w None):
+    1 / (all supervised tokens), the plain token mean.
+    """
+    if qa_loss_weight is not None and len(tokens) == 2:
+        weight = {"qa": qa_loss_weight, "bio": 1.0 - qa_loss_weight}
+        return {task: weight[task] / n for task, n in tokens.items()}
+    total = sum(tokens.values())
+    return {task: 1.0 / total for task in tokens}
 
 
 def optimizer_step(
@@ -189,28 +227,33 @@ def optimizer_step(
     lr: float,
     max_grad_norm: float | None,
     amp: torch.dtype | None,
+    qa_loss_weight: float | None = None,
+    on_task_gradients: Callable[[list[torch.Tensor], list[torch.Tensor]], None] | None = None,
 ) -> dict[str, float]:
     """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
 
-    The loss is the sum of token losses over the step divided by the step's supervised tokens,
-    so micro-batching does not change the gradient. The trace reads ``.grad`` between tasks and
-    after clipping; nothing it does reaches the optimizer.
+    The loss is :func:`task_coefficients` applied to each task's summed token loss over the
+    step, so micro-batching does not change the gradient. The trace reads ``.grad`` between
+    tasks and after clipping; nothing it does reaches the optimizer. ``on_task_gradients``
+    (with the trace on, in a step with both tasks) receives the BIO and QA shares of the raw
+    gradient, before clipping (gradient consistency).
     """
     device = next(model.parameters()).device
-    n_supervised = sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in batches)
-    loss_sum: dict[str, torch.Tensor] = {}
     tokens: dict[str, int] = {}
-    for i, mb in enumerate(batches):
-        ids, mask = mb.input_ids.to(device), mb.attention_mask.to(device)
-        labels = mb.labels.to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = token_loss_sum(logits, labels)
-        (loss / n_supervised).backward()
-        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
+    for mb in batches:
         tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+    coef = task_coefficients(tokens, qa_loss_weight)
+    loss_sum: dict[str, torch.Tensor] = {}
+    for i, mb in enumerate(batches):
+        ids, labels = mb.input_ids.to(device), mb.labels.to(device)
+        loss = supervised_loss_sum(model, ids, None, labels, amp)
+        (loss * coef[mb.task]).backward()
+        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
         if tracer is not None and i + 1 < len(batches) and batches[i + 1].task != mb.task:
             tracer.mark_task_end(mb.task)
+    if on_task_gradients is not None and tracer is not None and len(tokens) == 2:
+        shares = tracer.raw_shares(batches[-1].task)
+        on_task_gradients(shares["bio"], shares["qa"])
     clip_coef = 1.0
     if max_grad_norm is not None:
         params = [p for p in model.parameters() if p.grad is not None]
@@ -239,6 +282,9 @@ def train_run(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    consistency: dict[str, int] | None = None,
+    consistency_out: str | os.PathLike[str] | None = None,
+    init_consistency: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train one phase from ``init_dir`` and write θ_T, its trace and a per-step log.
 
@@ -246,6 +292,9 @@ def train_run(
     training continues the BIO stage's trace). Resumes from the newest complete checkpoint
     in ``checkpoint_dir`` (default: ``<out_dir>.checkpoints``) written by the same settings.
     ``max_steps`` stops early (the lr schedule still spans the whole phase), for tests.
+    ``consistency`` ({"every": steps, "probe_people": n}) records gradient consistency
+    (``crosstrace.consistency``) into ``consistency_out``, after the rows of
+    ``init_consistency`` (the BIO stage's, for the QA stage of two-stage training).
     """
     cfg = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(training)
     tcfg = trace if isinstance(trace, TraceConfig) else TraceConfig.from_dict(trace or {})
@@ -260,9 +309,11 @@ def train_run(
     model, tokenizer = load_model(init_dir, dev)
     model.train()
     data = Path(data_dir)
-    examples = training_examples(
-        read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet"), tokenizer
-    )
+    bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
+    bos = bos_id(model, tokenizer)
+    examples = training_examples(bio_df, qa_df, tokenizer, bos)
+    if cfg.pack:
+        examples = {task: pack(ex, cfg.pack_length, seed) for task, ex in examples.items()}
     plan = StepPlan(
         phase,
         {task: len(ex) for task, ex in examples.items()},
@@ -282,12 +333,25 @@ def train_run(
         if tcfg.enabled
         else None
     )
+    recorder = None
+    if consistency is not None:
+        if tracer is None or consistency_out is None:
+            raise ConfigError("gradient consistency needs the trace and an output path")
+        recorder = ConsistencyRecorder(
+            model,
+            ParamMap(model.config),
+            every=int(consistency["every"]),
+            probes=build_probes(bio_df, qa_df, tokenizer, int(consistency["probe_people"]), bos),
+            pad_id=tokenizer.pad_token_id,
+            phase=phase,
+        )
     fingerprint = _fingerprint(
         phase=phase,
         training=asdict(cfg),
         trace=tcfg.enabled,
         seed=seed,
         init=str(Path(init_dir).resolve()),
+        consistency=consistency,
     )
 
     start, rows = 0, []
@@ -307,6 +371,8 @@ def train_run(
                     for i, name in enumerate(tracer.names):
                         tracer.delta[task][i].copy_(per_param[name])
             start, rows = state["step"], state["log"]
+            if recorder is not None:
+                recorder.rows = list(state.get("consistency") or [])
             log.info("resumed from %s (step %d of %d)", found, start, plan.total_steps)
 
     def checkpoint(step: int) -> None:
@@ -316,6 +382,7 @@ def train_run(
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "log": rows,
+            "consistency": recorder.rows if recorder is not None else None,
             "fingerprint": fingerprint,
         }
         save_checkpoint(
@@ -347,6 +414,10 @@ def train_run(
                 t0 = time.perf_counter()
                 batches = plan.micro_batches(step, examples, pad_id)
                 lr = scheduler.get_last_lr()[0]
+                on_grads = None
+                if recorder is not None and recorder.due(step):
+                    recorder.record_probes(step)
+                    on_grads = functools.partial(recorder.record_step, step)
                 losses = optimizer_step(
                     model,
                     batches,
@@ -355,6 +426,8 @@ def train_run(
                     lr=lr,
                     max_grad_norm=cfg.max_grad_norm,
                     amp=amp,
+                    qa_loss_weight=cfg.qa_loss_weight,
+                    on_task_gradients=on_grads,
                 )
                 scheduler.step()
                 rows.append(
@@ -395,8 +468,15 @@ def train_run(
     finally:
         bar.close()
 
+    if recorder is not None:
+        recorder.record_probes(end)  # the final weights
     model.eval()
     save_model(model, tokenizer, out_dir)
+    if recorder is not None:
+        frames = [pd.read_parquet(init_consistency)] if init_consistency else []
+        frame = pd.concat([*frames, recorder.frame()], ignore_index=True)
+        with atomic_file(consistency_out) as tmp:
+            frame.to_parquet(tmp, index=False)
     if tracer is not None:
         save_trace(trace_out, tracer.state(), {"phase": phase, "steps": str(end)})
     frame = pd.DataFrame(

@@ -53,6 +53,10 @@ MONTHS: tuple[str, ...] = (
 PRONOUNS: dict[str, tuple[str, str]] = {"female": ("She", "Her"), "male": ("He", "His")}
 
 BIO_SCHEMA = pa.schema([("person_id", pa.int32()), ("text", pa.string())])
+# where each attribute value sits in its bio: text[start:end] is the value (character offsets)
+BIO_SPAN_SCHEMA = pa.schema(
+    [(f"{a}_{edge}", pa.int32()) for a in ATTRIBUTES for edge in ("start", "end")]
+)
 QA_SCHEMA = pa.schema(
     [
         ("person_id", pa.int32()),
@@ -181,8 +185,11 @@ def _people(cfg: WorldConfig, rng: np.random.Generator) -> dict[str, list[str]]:
     }
 
 
-def _bios(cfg: WorldConfig, people: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
-    """K biographies per person (person-major order), six sentences each."""
+def _bios(
+    cfg: WorldConfig, people: dict[str, list[str]], rng: np.random.Generator
+) -> tuple[list[str], dict[str, list[int]]]:
+    """K biographies per person (person-major order), six sentences each; and per attribute
+    the character span of its value in each bio (columns of BIO_SPAN_SCHEMA)."""
     n, k, n_attr = cfg.n_people, cfg.bios_per_person, len(ATTRIBUTES)
     templates = [sentence_templates(a, cfg.templates_per_attribute) for a in ATTRIBUTES]
     choice = rng.integers(0, cfg.templates_per_attribute, size=(n, k, n_attr))
@@ -192,18 +199,24 @@ def _bios(cfg: WorldConfig, people: dict[str, list[str]], rng: np.random.Generat
         order = np.broadcast_to(np.arange(n_attr), (n, k, n_attr))
     values = [people[a] for a in ATTRIBUTES]
     texts: list[str] = []
+    spans: dict[str, list[int]] = {name: [] for name in BIO_SPAN_SCHEMA.names}
     for p in range(n):
         name = people["name"][p]
         pron_subj, pron_pos = PRONOUNS[people["gender"][p]]
         named = {"subject": name, "possessive": f"{name}'s"}
         pronoun = named if cfg.fullname else {"subject": pron_subj, "possessive": pron_pos}
         for b in range(k):
-            sentences = []
+            sentences, offset = [], 0
             for pos, a in enumerate(order[p, b].tolist()):
                 ref = named if pos == 0 else pronoun
-                sentences.append(templates[a][choice[p, b, a]].format(value=values[a][p], **ref))
+                template = templates[a][choice[p, b, a]]
+                start = offset + len(template.split("{value}")[0].format(**ref))
+                spans[f"{ATTRIBUTES[a]}_start"].append(start)
+                spans[f"{ATTRIBUTES[a]}_end"].append(start + len(values[a][p]))
+                sentences.append(template.format(value=values[a][p], **ref))
+                offset += len(sentences[-1]) + 1  # the joining space
             texts.append(" ".join(sentences))
-    return texts
+    return texts, spans
 
 
 def _split(cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
@@ -237,13 +250,14 @@ def synthesize_world(
     rng = np.random.default_rng(cfg.seed)
     people = _people(cfg, rng)
     train = _split(cfg, rng)
-    texts = _bios(cfg, people, rng)
+    texts, spans = _bios(cfg, people, rng)
     n, n_attr = cfg.n_people, len(ATTRIBUTES)
     ids = np.arange(n, dtype=np.int32)
 
     _write(
         pa.table(
-            {"person_id": np.repeat(ids, cfg.bios_per_person), "text": texts}, schema=BIO_SCHEMA
+            {"person_id": np.repeat(ids, cfg.bios_per_person), "text": texts, **spans},
+            schema=pa.unify_schemas([BIO_SCHEMA, BIO_SPAN_SCHEMA]),
         ),
         bio_out,
     )
@@ -281,7 +295,8 @@ def _read(path: str | os.PathLike[str], schema: pa.Schema, what: str) -> pd.Data
 
 
 def read_bio(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """bio.parquet as a DataFrame (person_id, text); InputDataError if unreadable."""
+    """bio.parquet as a DataFrame (person_id, text, then ``<attribute>_start``/``_end``: the
+    character span of each value); InputDataError if unreadable."""
     return _read(path, BIO_SCHEMA, "bio")
 
 

@@ -10,6 +10,7 @@ evaluate_run(
     snakemake.input.model,
     snakemake.input.qa,
     snakemake.output.predictions,
+    bio_path=snakemake.input.bio,
     batch_size=snakemake.params.batch_size,
     max_new_tokens=snakemake.params.max_new_tokens,
     device=snakemake.params.device,

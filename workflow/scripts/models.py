@@ -14,4 +14,5 @@ build_base(
     snakemake.output.model,
     seed=snakemake.params.seed,
     single_token_names=snakemake.params.single_token_names,
+    bos=snakemake.params.bos,
 )

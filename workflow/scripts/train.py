@@ -20,5 +20,8 @@ train_run(
     seed=int(snakemake.wildcards.seed),
     device=snakemake.params.device,
     init_trace=snakemake.params.init_trace,
+    consistency=snakemake.params.consistency,
+    consistency_out=snakemake.params.consistency_out,
+    init_consistency=snakemake.params.init_consistency,
     progress=True,  # tqdm to the log: steps done, rate, losses
 )

@@ -32,3 +32,23 @@ CREATE TABLE ablation_draws (
     k_percent DOUBLE, condition VARCHAR, draw BIGINT, n_target BIGINT, n_reset BIGINT,
     split VARCHAR, n BIGINT, accuracy DOUBLE
 );
+-- gradient consistency during training (results/runs/…/consistency.parquet): per record step,
+-- source (step | probe_id | probe_ood) and tensor slice: dot product and squared norms
+CREATE TABLE consistency (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, step BIGINT, phase VARCHAR, source VARCHAR,
+    param VARCHAR, layer INTEGER, module VARCHAR, head INTEGER, n_elements BIGINT,
+    dot DOUBLE, norm_bio DOUBLE, norm_qa DOUBLE, n_sign_agree BIGINT
+);
+CREATE TABLE consistency_by_set (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
+    k_percent DOUBLE, "set" VARCHAR, source VARCHAR, n_elements BIGINT, dot DOUBLE,
+    norm_bio DOUBLE, norm_qa DOUBLE, n_sign_agree BIGINT, cosine DOUBLE
+);
+CREATE TABLE representation (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, measure VARCHAR, layer INTEGER,
+    attribute VARCHAR, split VARCHAR, value DOUBLE, baseline DOUBLE, n BIGINT
+);
+CREATE TABLE token_dependence (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, person_id INTEGER, attribute VARCHAR,
+    position INTEGER, token_class VARCHAR, token VARCHAR, logp DOUBLE, delta DOUBLE
+);

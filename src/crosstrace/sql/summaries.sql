@@ -34,3 +34,34 @@ SELECT model, strategy, definition, scope, k_percent, condition, split, count(*)
        avg(accuracy_drop) + ci_half(stddev_samp(accuracy_drop), count(*)) AS ci_high,
        avg(accuracy) AS accuracy
 FROM ablation GROUP BY ALL ORDER BY ALL;
+CREATE TABLE consistency_summary AS
+SELECT model, strategy, phase, step, run_step, source, module, count(*) AS n_seeds,
+       avg(cosine) AS cosine, avg(cosine) - ci_half(stddev_samp(cosine), count(*)) AS ci_low,
+       avg(cosine) + ci_half(stddev_samp(cosine), count(*)) AS ci_high,
+       avg(sign_agreement) AS sign_agreement
+FROM consistency_by_module GROUP BY ALL ORDER BY ALL;
+CREATE TABLE representation_summary AS
+WITH per_run AS (
+    SELECT model, strategy, seed, measure, layer, split, avg(value) AS value,
+           avg(baseline) AS baseline
+    FROM representation GROUP BY ALL
+)
+SELECT model, strategy, measure, layer, split, count(*) AS n_seeds, avg(value) AS value,
+       avg(value) - ci_half(stddev_samp(value), count(*)) AS ci_low,
+       avg(value) + ci_half(stddev_samp(value), count(*)) AS ci_high,
+       avg(baseline) AS baseline
+FROM per_run GROUP BY ALL ORDER BY ALL;
+CREATE TABLE token_dependence_summary AS
+WITH per_run AS (
+    SELECT model, strategy, seed, token_class, count(*) AS n, avg(delta) AS delta
+    FROM token_dependence GROUP BY ALL
+)
+SELECT model, strategy, token_class, count(*) AS n_seeds, avg(n) AS n_per_seed,
+       avg(delta) AS delta, avg(delta) - ci_half(stddev_samp(delta), count(*)) AS ci_low,
+       avg(delta) + ci_half(stddev_samp(delta), count(*)) AS ci_high
+FROM per_run GROUP BY ALL ORDER BY ALL;
+CREATE TABLE consistency_by_set_summary AS
+SELECT model, strategy, definition, scope, k_percent, "set", source, count(*) AS n_seeds,
+       avg(cosine) AS cosine, avg(cosine) - ci_half(stddev_samp(cosine), count(*)) AS ci_low,
+       avg(cosine) + ci_half(stddev_samp(cosine), count(*)) AS ci_high
+FROM consistency_by_set GROUP BY ALL ORDER BY ALL;

@@ -1,0 +1,38 @@
+rule consistency:
+    """θT of one run: gradient consistency on the shared / random / all sets, name-token
+    representation consistency and probe transfer, and which prompt tokens the answer needs.
+    """
+    input:
+        unpack(rank_traces),
+        **DATA,
+        model=res("runs/{model}/{strategy}/seed{seed}/final"),
+        ranking=res("runs/{model}/{strategy}/seed{seed}/ranking.parquet"),
+    output:
+        by_set=res("runs/{model}/{strategy}/seed{seed}/consistency_by_set.parquet"),
+        representation=res("runs/{model}/{strategy}/seed{seed}/representation.parquet"),
+        token_dependence=res(
+            "runs/{model}/{strategy}/seed{seed}/token_dependence.parquet"
+        ),
+    log:
+        res("logs/consistency/{model}/{strategy}/seed{seed}.log"),
+    benchmark:
+        res("benchmarks/consistency/{model}/{strategy}/seed{seed}.tsv")
+    conda:
+        "../envs/crosstrace.yaml"
+    threads: 2
+    resources:
+        runtime=lambda wc, attempt: 60 * attempt,
+        mem_mb=8000,
+        gpu=1,
+    params:
+        run=lambda wc: {
+            "model": wc.model,
+            "strategy": wc.strategy,
+            "seed": int(wc.seed),
+        },
+        settings=rank_settings(),
+        probe_people=config["analysis"]["probe_people"],
+        ablation_seed=config["analysis"]["ablation_seed"],
+        device=config["device"],
+    script:
+        "../workflow/scripts/consistency.py"
