@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,15 +133,28 @@ def test_summaries_give_an_interval_over_seeds(built):
     assert all(n == 2 and inside for n, inside in ov)
 
 
-def test_trace_view_is_relative_and_opens_elsewhere(built, monkeypatch):
+def test_the_database_opens_from_anywhere(built, monkeypatch, tmp_path_factory, capsys):
+    import shutil
+
+    import duckdb
+
+    from crosstrace import cli
+
     tmp, _ = built
-    con = connect(tmp / "results" / "crosstrace.duckdb")
-    sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'trace'").fetchone()[0]
-    assert "'results/trace/**/*.parquet'" in sql
-    con.close()
-    monkeypatch.chdir(tmp / "results")  # elsewhere: connect() points file_search_path home
-    con = connect(tmp / "results" / "crosstrace.duckdb")
+    db = tmp / "results" / "crosstrace.duckdb"
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    # the plain duckdb client (no crosstrace code) from another folder
+    con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(DISTINCT model) FROM trace").fetchone()[0] == 2
+    con.close()
+    # crosstrace sql -c, from another folder
+    assert cli.main(["sql", str(db), "-c", "SELECT count(DISTINCT seed) AS n FROM trace"]) == 0
+    assert re.search(r"│\s*2\s*│", capsys.readouterr().out)
+    # the whole results folder moved: connect() finds the dump next to the database
+    moved = elsewhere / "moved"
+    shutil.move(str(tmp / "results"), moved)
+    con = connect(moved / "crosstrace.duckdb")
     mlp = con.execute(
         "SELECT count(*) FILTER (WHERE neuron IS NULL), count(*) FROM trace "
         "WHERE module IN ('mlp.up', 'mlp.gate') AND param LIKE '%weight'"

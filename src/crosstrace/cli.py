@@ -108,6 +108,40 @@ def _posthoc_trace(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     )
 
 
+def _sql(args: argparse.Namespace, _cfg: dict[str, Any]) -> None:
+    """Run ``-c`` statements, or read statements (ending with ';') from stdin, read-only."""
+    from crosstrace.database import connect
+
+    con = connect(args.db)
+
+    def run(statement: str) -> None:
+        rel = con.sql(statement)
+        if rel is not None:
+            rel.show(max_width=args.max_width, max_rows=args.max_rows)
+
+    if args.command_text:
+        run(args.command_text)
+        return
+    interactive = sys.stdin.isatty()
+    buffer = ""
+    while True:
+        try:
+            line = input("D " if not buffer else "· ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and line == "":
+            break
+        buffer += line + "\n"
+        if buffer.strip().endswith(";"):
+            try:
+                run(buffer)
+            except Exception as exc:  # a bad query: report it and carry on
+                print(f"Error: {exc}", file=sys.stderr)
+                if not interactive:
+                    raise CrosstraceError(f"query failed: {exc}") from exc
+            buffer = ""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crosstrace", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -119,6 +153,14 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
         return s
 
+    s = sub.add_parser(
+        "sql", help="query results/crosstrace.duckdb (read-only) from any folder, in SQL"
+    )
+    s.add_argument("db", nargs="?", default="results/crosstrace.duckdb")
+    s.add_argument("-c", dest="command_text", help="run this SQL and exit")
+    s.add_argument("--max-rows", type=int, default=40)
+    s.add_argument("--max-width", type=int, default=160)
+    s.set_defaults(func=_sql, config=None)
     s = cmd("synthesize", _synthesize, "write bio/qa/people Parquet of the config's world")
     s.add_argument("--out-dir", required=True)
     s = cmd("build-base", _build_base, "write θ0 of one model of the config")
@@ -164,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        args.func(args, load_config(args.config))
+        args.func(args, load_config(args.config) if args.config else {})
     except Preempted as exc:
         print(f"crosstrace: preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED

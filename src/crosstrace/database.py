@@ -7,11 +7,9 @@ stratified null), ``concentration``, ``ablation`` and the ``*_summary`` tables (
 interval over seeds) are computed here in SQL. ``trace_runs`` and ``crosstrace_meta`` are
 bookkeeping. Each table in ``TABLES`` is also exported to ``<tables_dir>/<name>.parquet``.
 
-The ``trace`` view reads ``read_parquet('<trace_root>/**/*.parquet', hive_partitioning=true)``.
-When the trace root lies under the working folder (the repo root, where Snakemake runs), the
-view stores the path relative to it, so ``duckdb results/crosstrace.duckdb`` run from the repo
-root works after the repo is moved; otherwise the absolute path. ``connect`` also sets
-``file_search_path`` to the build folder, so Python users can open it from anywhere.
+The ``trace`` view reads ``read_parquet('<trace_root>/**/*.parquet', hive_partitioning=true)``
+with the absolute path of the dump, so the database opens from any folder, in Python or in the
+``duckdb`` shell; ``connect`` (and ``crosstrace sql``) also find a moved results folder.
 """
 
 from __future__ import annotations
@@ -79,25 +77,32 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def _view_path(trace_root: Path) -> str:
-    root = trace_root.resolve()
-    cwd = Path.cwd().resolve()
-    if root.is_relative_to(cwd):
-        return str(root.relative_to(cwd)) or "."
-    return str(root)
+def _trace_view(trace_root: Path, *, temp: bool = False) -> str:
+    glob = _quote(str(trace_root.resolve()) + "/**/*.parquet")
+    kind = "TEMP VIEW" if temp else "VIEW"
+    return f"CREATE {kind} trace AS SELECT * FROM read_parquet({glob}, hive_partitioning = true)"
 
 
 def connect(
     db_path: str | os.PathLike[str], read_only: bool = True, **config
 ) -> duckdb.DuckDBPyConnection:
-    """Open the database; relative paths in the ``trace`` view resolve against its build folder."""
+    """Open the database from any folder.
+
+    The stored ``trace`` view reads the dump by its absolute path, so the plain ``duckdb``
+    shell works from anywhere. If the results folder was moved since, the dump is found again
+    next to the database (its path relative to the database file is stored too) and a
+    temporary ``trace`` view of this connection points there.
+    """
     db_path = Path(db_path)
     if not db_path.exists():
         raise InputDataError(f"database not found: {db_path}")
     con = duckdb.connect(str(db_path), read_only=read_only, config=config)
-    row = con.execute("SELECT value FROM crosstrace_meta WHERE key = 'base_dir'").fetchone()
-    if row and Path(row[0]).is_dir():
-        con.execute(f"SET file_search_path = {_quote(row[0])}")
+    meta = dict(con.execute("SELECT key, value FROM crosstrace_meta").fetchall())
+    stored, rel = meta.get("trace_root"), meta.get("trace_root_from_db")
+    if stored and not Path(stored).is_dir() and rel is not None:
+        here = (db_path.resolve().parent / rel).resolve()
+        if here.is_dir():
+            con.execute(_trace_view(here, temp=True))
     return con
 
 
@@ -187,17 +192,17 @@ def build_database(
             con.executemany(
                 "INSERT INTO crosstrace_meta VALUES (?, ?)",
                 [
-                    ["base_dir", str(Path.cwd().resolve())],
                     ["trace_root", str(trace_root.resolve())],
+                    [
+                        "trace_root_from_db",
+                        os.path.relpath(trace_root.resolve(), db_path.resolve().parent),
+                    ],
                     ["format", "crosstrace-db/2"],
                     ["rank_settings", json.dumps(settings.to_json())],
                 ],
             )
             _load_dump_metadata(con, trace_root)
-            glob = _quote(_view_path(trace_root) + "/**/*.parquet")
-            con.execute(
-                f"CREATE VIEW trace AS SELECT * FROM read_parquet({glob}, hive_partitioning = true)"
-            )
+            con.execute(_trace_view(trace_root))
             for files in runs:
                 params = {
                     "model": files.run.model,
