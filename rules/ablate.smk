@@ -16,8 +16,8 @@ rule ablate:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 120 * attempt,
-        mem_mb=8000,
+        runtime=job_runtime("ablate"),
+        mem_mb=job_mem_mb("ablate"),
         gpu=1,
     params:
         run=lambda wc: {

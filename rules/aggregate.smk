@@ -19,8 +19,8 @@ rule aggregate:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 60 * attempt,
-        mem_mb=4000,
+        runtime=job_runtime("aggregate"),
+        mem_mb=job_mem_mb("aggregate"),
     params:
         trace_root=lambda wc, input: trace_root_of(input.traces[0]),
         tables_dir=lambda wc, output: os.path.dirname(output.accuracy),

@@ -177,6 +177,16 @@ def rank_settings():
     }
 
 
+def job_runtime(rule):
+    """Minutes for a job of `rule`: config `resources`, times the attempt (1, 2, 3 …)."""
+    return lambda wildcards, attempt: config["resources"][rule]["runtime"] * attempt
+
+
+def job_mem_mb(rule):
+    """Memory (MB) for a job of `rule`: config `resources`, times the attempt."""
+    return lambda wildcards, attempt: config["resources"][rule]["mem_mb"] * attempt
+
+
 def phase_of(wildcards):
     return "qa" if wildcards.strategy == "stage" else "mix"
 

@@ -21,8 +21,8 @@ rule consistency:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 60 * attempt,
-        mem_mb=8000,
+        runtime=job_runtime("consistency"),
+        mem_mb=job_mem_mb("consistency"),
         gpu=1,
     params:
         run=lambda wc: {

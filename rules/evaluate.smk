@@ -15,8 +15,8 @@ rule evaluate:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 60 * attempt,
-        mem_mb=8000,
+        runtime=job_runtime("evaluate"),
+        mem_mb=job_mem_mb("evaluate"),
         gpu=1,
     params:
         batch_size=config["evaluation"]["batch_size"],

@@ -12,8 +12,8 @@ rule base_model:
     conda:
         "../envs/crosstrace.yaml"
     resources:
-        runtime=30,
-        mem_mb=4000,
+        runtime=job_runtime("base_model"),
+        mem_mb=job_mem_mb("base_model"),
     params:
         model_cfg=model_config,
         seed=lambda wc: int(wc.seed),  # init differs by seed; the world is world.seed's

@@ -23,8 +23,8 @@ rule plots:
     conda:
         "../envs/crosstrace.yaml"
     resources:
-        runtime=15,
-        mem_mb=2000,
+        runtime=job_runtime("plots"),
+        mem_mb=job_mem_mb("plots"),
     params:
         tables_dir=lambda wc, input: os.path.dirname(input.accuracy),
         out_dir=lambda wc, output: os.path.dirname(output.accuracy[0]),

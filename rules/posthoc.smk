@@ -13,8 +13,8 @@ rule endpoint_trace:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 60 * attempt,
-        mem_mb=8000,
+        runtime=job_runtime("endpoint_trace"),
+        mem_mb=job_mem_mb("endpoint_trace"),
         gpu=1,
     params:
         batch_size=config["training"]["batch_size"],

@@ -12,8 +12,8 @@ rule rank:
     conda:
         "../envs/crosstrace.yaml"
     resources:
-        runtime=lambda wc, attempt: 60 * attempt,
-        mem_mb=4000,
+        runtime=job_runtime("rank"),
+        mem_mb=job_mem_mb("rank"),
     params:
         run=lambda wc: {
             "model": wc.model,

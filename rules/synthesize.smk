@@ -10,8 +10,8 @@ rule synthesize:
     conda:
         "../envs/crosstrace.yaml"
     resources:
-        runtime=15,
-        mem_mb=2000,
+        runtime=job_runtime("synthesize"),
+        mem_mb=job_mem_mb("synthesize"),
     params:
         world=config["world"],
     script:

@@ -18,8 +18,8 @@ rule dump_trace:
     conda:
         "../envs/crosstrace.yaml"
     resources:
-        runtime=lambda wc, attempt: 60 * attempt,
-        mem_mb=4000,
+        runtime=job_runtime("dump_trace"),
+        mem_mb=job_mem_mb("dump_trace"),
     params:
         trace_root=lambda wc, output: trace_root_of(output.parts),
         run=lambda wc: {

@@ -19,8 +19,8 @@ rule train_bio:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 120 * attempt,
-        mem_mb=8000,
+        runtime=job_runtime("train_bio"),
+        mem_mb=job_mem_mb("train_bio"),
         gpu=1,
     params:
         phase="bio",
@@ -57,8 +57,8 @@ rule train:
         "../envs/crosstrace.yaml"
     threads: 2
     resources:
-        runtime=lambda wc, attempt: 240 * attempt,
-        mem_mb=8000,
+        runtime=job_runtime("train"),
+        mem_mb=job_mem_mb("train"),
         gpu=1,
     params:
         phase=phase_of,
