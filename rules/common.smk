@@ -105,6 +105,19 @@ TABLES = [
 ]
 
 
+REPORT_TABLES = [
+    "accuracy_summary",
+    "overlap",
+    "overlap_summary",
+    "ablation_summary",
+    "concentration_summary",
+    "definition_agreement",
+    "consistency_by_set_summary",
+    "representation_summary",
+    "token_dependence_summary",
+]
+
+
 wildcard_constraints:
     model=r"[A-Za-z0-9_-]+",
     strategy=r"stage|mix",
@@ -303,4 +316,10 @@ def all_figures():
 
 
 def final_outputs():
-    return all_predictions() + all_tables() + [res("crosstrace.duckdb")] + all_figures()
+    return (
+        all_predictions()
+        + all_tables()
+        + [res("crosstrace.duckdb")]
+        + all_figures()
+        + [res(f"tables/csv/{t}.csv") for t in REPORT_TABLES]
+    )

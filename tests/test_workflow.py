@@ -179,6 +179,7 @@ def test_default_dry_run_lists_the_study(scratch):
         ablate=runs,
         consistency=runs,
         aggregate=1,
+        report_tables=1,
         plots=1,
         all=1,
     )
@@ -284,6 +285,7 @@ def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
         ablate=new_runs,
         consistency=new_runs,
         aggregate=1,
+        report_tables=1,
         plots=1,
         all=1,
     )
@@ -306,6 +308,7 @@ def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
         ablate=2,
         consistency=2,
         aggregate=1,
+        report_tables=1,
         plots=1,
         all=1,
     )
@@ -325,7 +328,13 @@ def test_changing_the_ranking_reruns_ranking_and_what_follows(ci_run, tmp_path, 
     path.write_text(overlay)
     runs = 2 * 2
     assert dry_run(ci_run, "config/ci.yaml", str(path)) == Counter(
-        rank=runs, ablate=runs, consistency=runs, aggregate=1, plots=1, all=1
+        rank=runs,
+        ablate=runs,
+        consistency=runs,
+        aggregate=1,
+        report_tables=1,
+        plots=1,
+        all=1,
     )
 
 
@@ -361,6 +370,8 @@ def test_report_gathers_every_figure_with_its_caption(ci_run):
         assert f"{stem}.png" in html, stem
         caption = (REPO / f"workflow/report/{stem}.rst").read_text().split()[0]
         assert caption in html, stem
+    for caption in (REPO / "workflow/report/tables").glob("*.rst"):
+        assert f"{caption.stem}.csv" in html, caption.stem  # every table, with its caption
 
 
 # ---- conda environments ------------------------------------------------------------------
