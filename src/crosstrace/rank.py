@@ -396,7 +396,7 @@ def rank_traces(
         for d in settings.definitions
     }
     rank_rows: list[tuple] = []
-    cell_rows: list[tuple] = []
+    cell_chunks: list[pd.DataFrame] = []
     agree: dict[tuple[str, float, str], list[int]] = {}
     combos = [(s, k) for s in settings.scopes for k in settings.k_percent]
     for i, t in enumerate(tensors):
@@ -408,10 +408,8 @@ def rank_traces(
         else:
             per = t.spec.n_cols if axis == 1 else len(t.rows)
             per_cell = np.bincount(inverse, minlength=len(uniq)).astype(np.int64) * per
-        labels = [
-            (int(heads[j]), int(neurons[j]), _query_heads(pmap, t.module, int(heads[j])))
-            for j in first
-        ]
+        cell_head, cell_neuron = heads[first].astype(np.int32), neurons[first].astype(np.int32)
+        qheads = [_query_heads(pmap, t.module, int(h)) for h in cell_head]
         values = {
             (d, task): _abs(traces[d], task, t) for d in settings.definitions for task in TASKS
         }
@@ -429,12 +427,25 @@ def rank_traces(
                     )  # fmt: skip
                 b, q = members[(d, "bio")], members[(d, "qa")]
                 counts = [_grouped(x, axis, inverse, len(uniq)) for x in (b, q, b & q)]
-                for j, (head, neuron, qheads) in enumerate(labels):
-                    cell_rows.append(
-                        (d, scope, k, t.param, t.spec.layer, t.module, head, neuron, qheads,
-                         int(per_cell[j]), int(counts[0][j]), int(counts[1][j]),
-                         int(counts[2][j]))
-                    )  # fmt: skip
+                cell_chunks.append(
+                    pd.DataFrame(
+                        {
+                            "definition": d,
+                            "scope": scope,
+                            "k_percent": k,
+                            "param": t.param,
+                            "layer": -1 if t.spec.layer is None else t.spec.layer,
+                            "module": t.module,
+                            "head": cell_head,
+                            "neuron": cell_neuron,
+                            "query_heads": qheads,
+                            "n_params": per_cell,
+                            "n_bio": counts[0],
+                            "n_qa": counts[1],
+                            "n_shared": counts[2],
+                        }
+                    )
+                )
             if len(settings.definitions) == 2:
                 for task in TASKS:
                     a, e = members[("trajectory", task)], members[("endpoint", task)]
@@ -448,14 +459,10 @@ def rank_traces(
         columns=["definition", "scope", "k_percent", "task", "param", "layer", "module",
                  "n_ranked", "n_tensor", "k_size", "threshold", "n_top"],
     )  # fmt: skip
-    cells = pd.DataFrame(
-        cell_rows,
-        columns=["definition", "scope", "k_percent", "param", "layer", "module", "head",
-                 "neuron", "query_heads", "n_params", "n_bio", "n_qa", "n_shared"],
-    )  # fmt: skip
+    cells = pd.concat(cell_chunks, ignore_index=True)
+    cells["layer"] = cells["layer"].where(cells["layer"] >= 0).astype("Int32")
     for col in ("head", "neuron"):
         cells[col] = cells[col].where(cells[col] >= 0).astype("Int32")
-    cells["layer"] = cells["layer"].astype("Int32")
     ranking["layer"] = ranking["layer"].astype("Int32")
     agreement = pd.DataFrame(
         [(s, k, task, a, e, both, both / max(a + e - both, 1))
