@@ -223,3 +223,20 @@ def test_crash_inside_save_checkpoint_keeps_the_previous(tmp_path, monkeypatch):
         save_checkpoint(root, 10, model=model, trace=None, state={"step": 10})
     assert list_checkpoints(root) == [first]
     assert sorted(p.name for p in root.iterdir()) == [first.name]  # no temp folder left
+
+
+def test_slurm_time_limit_checkpoints_before_the_end_and_resumes_exactly(world, reference):
+    """Near SLURM_JOB_END_TIME training checkpoints and stops by itself (no signal needed)."""
+    run = world / "deadline"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_JOB_END_TIME": str(int(time.time()) + 900),
+           "CROSSTRACE_STOP_BEFORE_END_S": "900"}  # fmt: skip
+    proc = subprocess.run(_cmd(world, run), capture_output=True, text=True, timeout=300, env=env,
+                          check=False)  # fmt: skip
+    assert proc.returncode == EXIT_PREEMPTED, proc.stderr[-3000:]
+    assert "SLURM time limit" in proc.stderr
+    stopped = latest_checkpoint(run / "final.checkpoints")
+    assert stopped is not None and not (run / "final").exists()
+    again = _run(world, run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {stopped}" in again.stderr
+    _assert_identical(run, reference)

@@ -160,6 +160,27 @@ class _StopSignal:
         self.received = signum
 
 
+STOP_MARGIN_ENV = "CROSSTRACE_STOP_BEFORE_END_S"
+
+
+def job_deadline() -> float | None:
+    """When to checkpoint and stop under SLURM: the job's end time minus a margin.
+
+    SLURM sets ``SLURM_JOB_END_TIME`` (Unix seconds); the margin is ``CROSSTRACE_STOP_BEFORE_END_S``
+    (default 600 s), long enough to write a paper-scale checkpoint. This needs no signal to
+    reach the training process. None outside SLURM.
+    """
+    end = os.environ.get("SLURM_JOB_END_TIME")
+    if not end:
+        return None
+    try:
+        return float(end) - float(os.environ.get(STOP_MARGIN_ENV, "600"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"SLURM_JOB_END_TIME={end!r} or {STOP_MARGIN_ENV} is not a number"
+        ) from exc
+
+
 class Preempted(CrosstraceError):
     """Training stopped on a signal after writing a checkpoint; rerunning resumes it."""
 
@@ -399,6 +420,7 @@ def train_run(
         dev,
     )
     stopper = _StopSignal()
+    deadline = job_deadline()
     end = plan.total_steps if max_steps is None else min(max_steps, plan.total_steps)
     bar = tqdm(
         range(start, end),
@@ -448,6 +470,13 @@ def train_run(
                     raise Preempted(
                         f"received signal {stopper.received} at step {done}/{plan.total_steps}; "
                         f"checkpoint written to {ckpt_root}; rerun the same job to resume"
+                    )
+                if deadline is not None and time.time() >= deadline and done < end:
+                    checkpoint(done)
+                    raise Preempted(
+                        f"the SLURM time limit is less than {STOP_MARGIN_ENV} seconds away "
+                        f"(step {done}/{plan.total_steps}); checkpoint written to {ckpt_root}; "
+                        "the retry resumes from it"
                     )
                 if (
                     cfg.checkpoint_every
