@@ -1,69 +1,24 @@
 """Config loading and validation, wildcard constraints, path helpers and input functions.
 
-The config is validated at parse time against workflow/schemas/config.schema.yaml, which also
-fills in defaults, so every later `config[...]` lookup is safe. Scripts never read the config:
+The config is validated at parse time against crosstrace/schemas/config.schema.yaml (in the
+package, shared with the command line), which also fills in defaults, so every later `config[...]` lookup is safe. Scripts never read the config:
 each rule hands them exactly the values they need through `params`, which keeps Snakemake's
 params rerun-trigger precise (a plot setting re-runs only the plots).
 """
 
 import os
 
-import jsonschema
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-SCHEMA = (
-    "../workflow/schemas/config.schema.yaml"  # relative to this file, for validate()
-)
-SCHEMA_FROM_ROOT = "workflow/schemas/config.schema.yaml"
+from crosstrace.config import validated
+from crosstrace.errors import ConfigError
 
-
-def _config_errors(cfg, schema_path):
-    """One line per schema violation, naming the config key (for a readable parse-time error)."""
-    import yaml
-
-    with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
-    validator = jsonschema.Draft202012Validator(schema)
-    lines = []
-    for error in sorted(
-        validator.iter_errors(cfg), key=lambda e: list(map(str, e.path))
-    ):
-        while error.context:  # oneOf/anyOf: report the branch that got furthest
-            error = max(error.context, key=lambda e: len(e.absolute_path))
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        lines.append(f"  config key {key!r}: {error.message}")
-    return lines
-
-
-# A null model entry removes a model defined by an earlier config file (see config/paper.yaml).
+# The same loader as the `crosstrace` command line: the packaged JSON schema validates the
+# merged config and fills every default (a null model entry drops a model of an earlier file).
 try:
-    validate(config, SCHEMA)
-except WorkflowError as exc:
-    details = _config_errors(config, os.path.join(workflow.basedir, SCHEMA_FROM_ROOT))
-    raise WorkflowError(
-        "Invalid config (checked against workflow/schemas/config.schema.yaml):\n"
-        + "\n".join(details or [str(exc)])
-    ) from None
-
-config["models"] = {name: m for name, m in config["models"].items() if m is not None}
-
-
-def _fill_model_defaults(models, schema_path):
-    """validate() does not fill defaults inside the models' oneOf: take them from the schema."""
-    import yaml
-
-    with open(schema_path) as fh:
-        defs = yaml.safe_load(fh)["$defs"]
-    for m in models.values():
-        m.setdefault("bos", defs["bos"]["default"])
-
-
-_fill_model_defaults(config["models"], os.path.join(workflow.basedir, SCHEMA_FROM_ROOT))
-if not config["models"]:
-    raise WorkflowError(
-        "Invalid config: config key 'models' defines no model (all are null)."
-    )
+    validated(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 MODELS = sorted(config["models"])
 STRATEGIES = list(config["strategies"])

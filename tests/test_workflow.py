@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_schema_fills_defaults(tmp_path):
             }
         }
     }
-    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(cfg, str(REPO / "src/crosstrace/schemas/config.schema.yaml"))
     shipped = yaml.safe_load((REPO / "config.yaml").read_text())
     for key, value in shipped.items():
         if key != "models":
@@ -427,3 +428,56 @@ def test_slurm_profile_is_found_from_the_repo_root():
         res = profile["set-resources"][rule]
         assert res["gpu"] == 1 and res["cpus_per_task"] >= 1, rule
         assert "runtime" not in res and "mem_mb" not in res, rule  # the config sizes jobs
+
+
+# ---- one config loader for the workflow and the command line -----------------------------
+
+
+def test_cli_and_snakemake_see_the_same_validated_config(tmp_path):
+    """Each config section, through Snakemake (rules/common.smk) and through the CLI loader."""
+    from crosstrace.cli import load_config
+
+    overlay = tmp_path / "cfg.yaml"
+    overlay.write_text(
+        "world: {n_people: 50}\ntraining: {lr: 0.002}\nanalysis: {k_percent: [2]}\n"
+        "models: {m: {tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, intermediate: 8}}}\n"
+    )
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(
+        f'configfile: "{overlay}"\n'
+        f'include: "{REPO / "rules" / "common.smk"}"\n'
+        "import json\n"
+        f'json.dump(config, open("{tmp_path / "seen.json"}", "w"))\n'
+        "rule all:\n    input: []\n"
+    )
+    proc = snakemake("-n", "-s", str(snakefile), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    import json
+
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    cli = json.loads(json.dumps(load_config(str(overlay))))
+    assert set(seen) == set(cli)
+    for section in seen:
+        assert seen[section] == cli[section], section
+    assert cli["training"]["lr"] == 0.002 and cli["training"]["mix_epochs"] > 0  # default filled
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="no python3 for a venv")
+def test_fresh_venv_resolves_the_declared_floors(tmp_path):
+    """The README's install into a new venv: pip resolves every requirement (dry run)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    proc = subprocess.run(
+        [*pip, "install", "--dry-run", "--quiet", "--report", str(tmp_path / "r.json"),
+         "torch==2.13.0", f"{REPO}[test]"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    names = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+             for i in json.loads((tmp_path / "r.json").read_text())["install"]}  # fmt: skip
+    for name in ("snakemake", "snakemake-executor-plugin-slurm", "transformers", "duckdb"):
+        assert name in names, name
+    assert names["torch"].startswith("2.13.0")  # the local CPU build here (2.13.0+cpu)

@@ -12,48 +12,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crosstrace.errors import ConfigError, CrosstraceError
 
 
 def load_config(path: str) -> dict[str, Any]:
-    try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping, got {type(cfg).__name__}")
-    return cfg
+    """The validated config, defaults filled: the same loader as the workflow."""
+    from crosstrace.config import load
+
+    return load([path])
 
 
 def _synthesize(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from crosstrace.world import synthesize_world
 
     out = Path(args.out_dir)
-    synthesize_world(
-        cfg.get("world") or {}, out / "bio.parquet", out / "qa.parquet", out / "people.parquet"
-    )
+    synthesize_world(cfg["world"], out / "bio.parquet", out / "qa.parquet", out / "people.parquet")
 
 
 def _build_base(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from crosstrace.models import build_base
 
-    models = cfg.get("models") or {}
+    models = cfg["models"]
     if args.model not in models:
         raise ConfigError(f"model {args.model!r} is not in the config's models: {sorted(models)}")
-    single = bool((cfg.get("world") or {}).get("single_token_names", True))
     build_base(
         models[args.model],
         args.data_dir,
         args.out,
         seed=args.seed,
-        single_token_names=single,
-        bos=bool(models[args.model].get("bos", True)),  # the schema's default (models.*.bos)
+        single_token_names=cfg["world"]["single_token_names"],
+        bos=models[args.model]["bos"],
     )
 
 
@@ -67,10 +55,10 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         args.log_out,
         phase=args.phase,
         data_dir=args.data_dir,
-        training=cfg.get("training") or {},
-        trace=cfg.get("trace") or {},
+        training=cfg["training"],
+        trace={k: cfg["trace"][k] for k in ("enabled", "offload_cpu")},
         seed=args.seed,
-        device=args.device or cfg.get("device", "auto"),
+        device=args.device or cfg["device"],
         init_trace=args.init_trace,
         checkpoint_dir=args.checkpoint_dir,
         progress=False,
@@ -82,15 +70,15 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
 def _evaluate(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from crosstrace.evaluate import evaluate_run
 
-    ev = cfg.get("evaluation") or {}
+    ev = cfg["evaluation"]
     acc = evaluate_run(
         args.model_dir,
         args.qa,
         args.out,
         bio_path=args.bio,
-        batch_size=int(ev.get("batch_size", 1024)),
-        max_new_tokens=int(ev.get("max_new_tokens", 12)),
-        device=args.device or cfg.get("device", "auto"),
+        batch_size=ev["batch_size"],
+        max_new_tokens=ev["max_new_tokens"],
+        device=args.device or cfg["device"],
     )
     print(" ".join(f"{split}={value:.4f}" for split, value in acc.items()))
 
@@ -102,8 +90,8 @@ def _posthoc_trace(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         args.model_dir,
         args.data_dir,
         args.out,
-        batch_size=int((cfg.get("training") or {}).get("batch_size", 64)),
-        device=args.device or cfg.get("device", "auto"),
+        batch_size=cfg["training"]["batch_size"],
+        device=args.device or cfg["device"],
         progress=False,
     )
 
