@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=8, help="steps per round and mode")
+    ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast on the CPU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = yaml.safe_load(Path(args.config).read_text())
@@ -78,7 +79,13 @@ def main() -> None:
             model, mbs, optimizer, None, lr=training.lr, max_grad_norm=1.0, amp=None,
             qa_loss_weight=training.qa_loss_weight,
         ),
+        "supervised_bf16": lambda mbs: optimizer_step(
+            model, mbs, optimizer, None, lr=training.lr, max_grad_norm=1.0, amp=torch.bfloat16,
+            qa_loss_weight=training.qa_loss_weight,
+        ),
     }  # fmt: skip
+    if not args.bf16:
+        del modes["supervised_bf16"]
     times: dict[str, list[float]] = {m: [] for m in modes}
     tokens: dict[str, list[int]] = {m: [] for m in modes}
     supervised: dict[str, list[int]] = {m: [] for m in modes}

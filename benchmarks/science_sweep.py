@@ -132,6 +132,21 @@ def trial(
             print(json.dumps(row), flush=True)
 
 
+def markdown_table(results: Path) -> str:
+    """The trial table of docs/science.md from the JSON lines a sweep printed."""
+    attrs = ["birth_date", "birth_city", "university", "major", "employer", "employer_city"]
+    head = ["trial", "model", "strategy", "ID", "OOD", "bio_id", "bio_ood", *attrs, "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        by = r.get("ood_by_attribute") or {}
+        cells = [r["trial"], r["model"], r["strategy"], r["id"], r["ood"],
+                 r.get("bio_id", "–"), r.get("bio_ood", "–"),
+                 *(by.get(a, "–") for a in attrs), r["train_seconds"]]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=Path, required=True)
@@ -140,7 +155,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--strategies", nargs="*", default=["mix", "stage"])
+    parser.add_argument("--table", action="store_true", help="print --out/results.jsonl (markdown)")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.out / "results.jsonl"))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = yaml.safe_load(args.trials.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from crosstrace.tokenizer import train_word_tokenizer, word_tokenizer_for_world
@@ -97,3 +98,23 @@ def test_word_tokenizer_for_world(tmp_path):
     assert not names & set(plain.get_vocab())
     name = people["name"].iloc[0]
     assert len(plain(name)["input_ids"]) == 3 and len(tok(name)["input_ids"]) == 1
+
+
+def test_bos_asked_for_but_tokenizer_has_none_is_a_config_error():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from crosstrace.errors import ConfigError
+    from crosstrace.models import BOS_KEY, bos_id, record_bos
+
+    tok = train_word_tokenizer(["a b c"])
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tok), hidden_size=8, num_hidden_layers=1,
+                    num_attention_heads=1, intermediate_size=8)
+    )  # fmt: skip
+    record_bos(model, tok, True)
+    assert getattr(model.config, BOS_KEY) is True and bos_id(model, tok) == tok.bos_token_id
+    tok.bos_token = None
+    with pytest.raises(ConfigError, match=r"models\.\*\.bos is true but the tokenizer has no BOS"):
+        record_bos(model, tok, True)
+    record_bos(model, tok, False)  # no BOS asked for: fine, and nothing is prepended
+    assert bos_id(model, tok) is None
