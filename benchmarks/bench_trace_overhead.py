@@ -21,8 +21,10 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
+from crosstrace.consistency import ConsistencyRecorder, build_probes
 from crosstrace.devices import autocast_dtype, resolve_device
-from crosstrace.models import build_base, load_model
+from crosstrace.models import bos_id, build_base, load_model
+from crosstrace.param_map import ParamMap
 from crosstrace.trace import GradientTrace
 from crosstrace.train import TrainingConfig, build_optimizer, optimizer_step
 from crosstrace.world import read_bio, read_qa, synthesize_world
@@ -47,7 +49,8 @@ def tiny_setup(device: torch.device, model_name: str):
         cfg["models"][model_name], tmp, tmp / "base", seed=0, bos=cfg["models"][model_name]["bos"]
     )
     model, tok = load_model(tmp / "base", device)
-    ex = training_examples(read_bio(tmp / "bio.parquet"), read_qa(tmp / "qa.parquet"), tok)
+    bio_df, qa_df = read_bio(tmp / "bio.parquet"), read_qa(tmp / "qa.parquet")
+    ex = training_examples(bio_df, qa_df, tok, bos_id(model, tok))
     training = TrainingConfig.from_dict(cfg["training"])
     plan = StepPlan(
         "mix",
@@ -57,6 +60,8 @@ def tiny_setup(device: torch.device, model_name: str):
         seed=0,
         qa_ratio=training.qa_ratio,
     )
+    probes = build_probes(bio_df, qa_df, tok, cfg["analysis"]["probe_people"], bos_id(model, tok))
+    model.crosstrace_probes = (probes, tok.pad_token_id, cfg["analysis"]["consistency_every"])
     return model, training, lambda step: plan.micro_batches(step, ex, tok.pad_token_id)
 
 
@@ -65,7 +70,7 @@ def llama_1b_setup(device: torch.device, batch: int, seq: int):
     with torch.device(device):
         model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B))
     model.to(device)  # transformers may build on the CPU whatever the default device is
-    training = TrainingConfig(optimizer="adamw", lr=1e-5, max_grad_norm=1.0)
+    training = TrainingConfig.from_dict({"optimizer": "adamw", "lr": 1e-5, "max_grad_norm": 1.0})
     half = batch // 2
 
     def batches(step: int) -> list[MicroBatch]:
@@ -141,6 +146,36 @@ def main() -> None:
         )
     if device.type == "cuda":
         print(f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    if hasattr(model, "crosstrace_probes"):
+        consistency_cost(model, batches, optimizer, amp, training, statistics.median(ts), step)
+
+
+def consistency_cost(model, batches, optimizer, amp, training, traced_step, step) -> None:
+    """Gradient-consistency logging: its cost per recorded step, amortised over the interval."""
+    probes, pad_id, every = model.crosstrace_probes
+    recorder = ConsistencyRecorder(
+        model, ParamMap(model.config), every=every, probes=probes, pad_id=pad_id, phase="mix"
+    )
+    tracer = GradientTrace(model.named_parameters())
+    probe_s, instep_s = [], []
+    for i in range(5):
+        t0 = time.perf_counter()
+        recorder.record_probes(i)
+        probe_s.append(time.perf_counter() - t0)
+
+        def timed(g_bio, g_qa, i=i):
+            t0 = time.perf_counter()
+            recorder.record_step(i, g_bio, g_qa)
+            instep_s.append(time.perf_counter() - t0)
+
+        optimizer_step(model, batches(step + i), optimizer, tracer, lr=training.lr,
+                       max_grad_norm=1.0, amp=amp, on_task_gradients=timed)  # fmt: skip
+    per_record = statistics.median(probe_s) + statistics.median(instep_s)
+    print(
+        f"consistency: probes {statistics.median(probe_s) * 1000:.1f} ms + in-step "
+        f"{statistics.median(instep_s) * 1000:.1f} ms per record; every {every} steps: "
+        f"+{per_record / (every * traced_step) * 100:.2f} % of a traced step"
+    )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ SGD = {
     "mix_epochs": 1,
     "qa_ratio": 0.5,
     "warmup_ratio": 0.2,
+    "qa_loss_weight": None,  # the token mean over both tasks (tests that weight set it)
 }
 
 

@@ -8,6 +8,7 @@ The schema is the one owner of every default. The workflow (``rules/common.smk``
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -26,8 +27,20 @@ def schema_path() -> str:
     return str(resources.files("crosstrace").joinpath(SCHEMA))
 
 
-def _schema() -> dict[str, Any]:
+@functools.cache
+def _cached_schema() -> dict[str, Any]:
     return yaml.safe_load(Path(schema_path()).read_text())
+
+
+def _schema() -> dict[str, Any]:
+    return copy.deepcopy(_cached_schema())
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every key of one config section (for library callers that
+    pass a partial section; the workflow and the CLI pass a validated, complete one)."""
+    props = _schema()["properties"][section]["properties"]
+    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
 
 
 def _errors(cfg: dict[str, Any]) -> list[str]:

@@ -36,6 +36,7 @@ from crosstrace.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from crosstrace.config import section_defaults
 from crosstrace.consistency import ConsistencyRecorder, build_probes
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.errors import ConfigError, CrosstraceError
@@ -52,25 +53,27 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on a signal; rerun to resume
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.1
-    max_grad_norm: float | None = 1.0
-    batch_size: int = 64
-    grad_accum: int = 1
-    bio_epochs: int = 60
-    qa_epochs: int = 30
-    mix_epochs: int = 60
-    qa_ratio: float = 0.5
+    """The ``training:`` section. No defaults here: the config schema owns them, and
+    :meth:`from_dict` fills the keys a caller leaves out from it."""
+
+    optimizer: str
+    lr: float
+    min_lr_ratio: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float | None
+    batch_size: int
+    grad_accum: int
+    bio_epochs: int
+    qa_epochs: int
+    mix_epochs: int
+    qa_ratio: float
     # mix: w · mean QA token loss + (1 − w) · mean BIO token loss per step. None (library use
-    # only; the schema always sets it): the token mean over both tasks, which gives QA the
-    # share of its supervised tokens (7–17 %).
-    qa_loss_weight: float | None = None
-    pack: bool = False  # concatenate each task's examples into rows of pack_length tokens
-    pack_length: int = 256
-    checkpoint_every: int = 500
+    # only): the token mean over both tasks, which gives QA the share of its supervised tokens.
+    qa_loss_weight: float | None
+    pack: bool  # concatenate each task's examples into rows of pack_length tokens
+    pack_length: int
+    checkpoint_every: int
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TrainingConfig:
@@ -78,7 +81,7 @@ class TrainingConfig:
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}")
-        out = cls(**cfg)
+        out = cls(**{**section_defaults("training"), **cfg})
         if out.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"training.optimizer: {out.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
@@ -97,14 +100,15 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TraceConfig:
-    enabled: bool = True
-    offload_cpu: bool = False
+    """What training needs of the ``trace:`` section (defaults: the config schema's)."""
+
+    enabled: bool
+    offload_cpu: bool
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TraceConfig:
-        return cls(
-            enabled=bool(cfg.get("enabled", True)), offload_cpu=bool(cfg.get("offload_cpu", False))
-        )
+        merged = {**section_defaults("trace"), **cfg}
+        return cls(enabled=bool(merged["enabled"]), offload_cpu=bool(merged["offload_cpu"]))
 
 
 def warmup_cosine(
