@@ -3,6 +3,8 @@ rule synthesize:
         bio=DATA["bio"],
         qa=DATA["qa"],
         people=DATA["people"],
+        # the same world as a Hugging Face DatasetDict (crosstrace.world.load_world)
+        dataset=directory(res("data/world")),
     log:
         res("logs/synthesize.log"),
     benchmark:

@@ -105,6 +105,10 @@ BAD_CONFIGS = {
     "trace_disabled": ("trace:\n  enabled: false\n", "config key 'trace.enabled'"),
     "rank_params_bad": ("analysis:\n  rank_params: biases\n", "config key 'analysis.rank_params'"),
     "rank_scope_bad": ("analysis:\n  rank_scope: [local]\n", "config key 'analysis.rank_scope.0'"),
+    "consistency_every_zero": (
+        "analysis:\n  consistency_every: 0\n",
+        "config key 'analysis.consistency_every'",
+    ),
     "qa_loss_weight_one": ("training:\n  qa_loss_weight: 1\n", "training.qa_loss_weight"),
     "qa_loss_weight_zero": ("training:\n  qa_loss_weight: 0\n", "training.qa_loss_weight"),
     "bos_not_boolean": (
@@ -237,6 +241,7 @@ def test_outputs_land_where_the_contract_says(ci_run):
         "data/bio.parquet",
         "data/qa.parquet",
         "data/people.parquet",
+        "data/world/dataset_dict.json",
         "models/llama_tiny/seed0/base/config.json",
         "runs/llama_tiny/stage/seed0/bio/trace.safetensors",
         "runs/llama_tiny/stage/seed0/bio/train_log.parquet",

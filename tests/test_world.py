@@ -278,3 +278,48 @@ def test_full_pool_names_possible(tmp_path):
         pools={"first_names": 2, "middle_names": 2, "last_names": 2},
     )
     assert people["name"].nunique() == 8
+
+
+def test_load_world_as_a_datasetdict(tmp_path):
+    import crosstrace
+    from crosstrace.world import save_world
+
+    _, qa, _ = make(tmp_path, n_people=20)
+    world = crosstrace.load_world(tmp_path)
+    assert set(world) == {"train", "test", "bio", "people"}
+    assert len(world["train"]) + len(world["test"]) == len(qa)
+    assert set(world["train"]["split"]) == {"train"} and set(world["test"]["split"]) == {"test"}
+    save_world(tmp_path, tmp_path / "world")
+    again = crosstrace.load_world(tmp_path / "world")
+    assert again["test"]["question"] == world["test"]["question"]
+    assert len(again["people"]) == 20
+
+
+def test_training_examples_tokenise_once_through_dataset_map(tmp_path):
+    import numpy as np
+
+    from crosstrace.batches import tokenize_bio, tokenize_qa, training_examples
+    from crosstrace.models import bos_id, build_base, load_model
+
+    make(tmp_path, n_people=20)
+    tiny = {"arch": "llama", "layers": 1, "hidden": 8, "heads": 1, "intermediate": 8}
+    build_base({"tiny": tiny}, tmp_path, tmp_path / "base", bos=True)
+    model, tok = load_model(tmp_path / "base")
+    bos = bos_id(model, tok)
+    bio, qa = read_bio(tmp_path / "bio.parquet"), read_qa(tmp_path / "qa.parquet")
+    first = training_examples(bio, qa, tok, bos, cache_dir=tmp_path / "tok")
+    cached = sorted((tmp_path / "tok").glob("*.arrow"))
+    assert [p.name.split("-")[0] for p in cached] == ["bio", "qa"]
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    second = training_examples(bio, qa, tok, bos, cache_dir=tmp_path / "tok")
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # loaded, not written again
+    train = qa[qa.split == "train"]
+    want = {
+        "bio": tokenize_bio(bio.text.tolist(), tok, bos),
+        "qa": tokenize_qa(train.question.tolist(), train.answer.tolist(), tok, bos),
+    }
+    for task in ("bio", "qa"):
+        for got in (first[task], second[task]):
+            pairs = zip(got.input_ids + got.labels, want[task].input_ids + want[task].labels,
+                        strict=True)  # fmt: skip
+            assert all(np.array_equal(a, b) for a, b in pairs)

@@ -7,8 +7,12 @@ which is what makes resuming from a checkpoint exact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,20 +83,57 @@ def tokenize_qa(
     return Examples("qa", ids, labels)
 
 
+def _tokenized(
+    frame: pd.DataFrame,
+    task: str,
+    tokenizer: PreTrainedTokenizerBase,
+    bos_id: int | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Examples:
+    """One task's examples through ``datasets.Dataset.map`` (batched); with ``cache_dir`` the
+    result is an Arrow file there, keyed by the data, the tokenizer and the BOS setting, and a
+    later call (another job, another seed) loads it instead of tokenising again."""
+    from datasets import Dataset
+
+    columns = ["text"] if task == "bio" else ["question", "answer"]
+    ds = Dataset.from_pandas(frame[columns].reset_index(drop=True), preserve_index=False)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        if task == "bio":
+            ex = tokenize_bio(batch["text"], tokenizer, bos_id)
+        else:
+            ex = tokenize_qa(batch["question"], batch["answer"], tokenizer, bos_id)
+        return {"input_ids": [a.tolist() for a in ex.input_ids],
+                "labels": [a.tolist() for a in ex.labels]}  # fmt: skip
+
+    key = hashlib.sha256(
+        json.dumps([ds._fingerprint, task, bos_id, tokenizer.backend_tokenizer.to_str()]).encode()
+    ).hexdigest()[:20]
+    kwargs: dict = {"keep_in_memory": True}
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        kwargs = {"cache_file_name": str(Path(cache_dir) / f"{task}-{key}.arrow")}
+    out = ds.map(encode, batched=True, batch_size=4096, remove_columns=columns,
+                 new_fingerprint=key, desc=f"tokenize {task}", **kwargs)  # fmt: skip
+    ids = [np.asarray(x, dtype=np.int64) for x in out["input_ids"]]
+    labels = [np.asarray(x, dtype=np.int64) for x in out["labels"]]
+    return Examples(task, ids, labels)
+
+
 def training_examples(
     bio: pd.DataFrame,
     qa: pd.DataFrame,
     tokenizer: PreTrainedTokenizerBase,
     bos_id: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Examples]:
     """All BIO texts and the QA pairs of the training split (``bos_id``: see
-    :func:`crosstrace.models.bos_id`, the one reader of a model folder's BOS setting)."""
+    :func:`crosstrace.models.bos_id`, the one reader of a model folder's BOS setting),
+    tokenised through ``Dataset.map``, cached in ``cache_dir`` when given."""
     train_qa = qa[qa["split"] == "train"]
     return {
-        "bio": tokenize_bio(bio["text"].tolist(), tokenizer, bos_id),
-        "qa": tokenize_qa(
-            train_qa["question"].tolist(), train_qa["answer"].tolist(), tokenizer, bos_id
-        ),
+        "bio": _tokenized(bio, "bio", tokenizer, bos_id, cache_dir),
+        "qa": _tokenized(train_qa, "qa", tokenizer, bos_id, cache_dir),
     }
 
 

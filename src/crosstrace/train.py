@@ -336,7 +336,7 @@ def train_run(
     data = Path(data_dir)
     bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     bos = bos_id(model, tokenizer)
-    examples = training_examples(bio_df, qa_df, tokenizer, bos)
+    examples = training_examples(bio_df, qa_df, tokenizer, bos, cache_dir=data / "tokenized")
     if cfg.pack:
         examples = {task: pack(ex, cfg.pack_length, seed) for task, ex in examples.items()}
     plan = StepPlan(

@@ -318,3 +318,39 @@ def qa_prompt(question: str) -> str:
 def qa_target(answer: str) -> str:
     """The text the model should produce after the prompt: ``" <answer>"``."""
     return f" {answer}"
+
+
+def load_world(path: str | os.PathLike[str]):  # -> datasets.DatasetDict (imported lazily)
+    """The fact world as a ``datasets.DatasetDict``: ``train`` and ``test`` (the QA pairs of
+    each split), ``bio`` and ``people``.
+
+    ``path`` is the data folder with the Parquet files (``results/data``) or a folder written by
+    :func:`save_world` (``results/data/world``).
+    """
+    from pathlib import Path
+
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    folder = Path(path)
+    if (folder / "dataset_dict.json").is_file():
+        return load_from_disk(str(folder))
+    qa = read_qa(folder / "qa.parquet")
+    return DatasetDict(
+        {
+            "train": Dataset.from_pandas(qa[qa["split"] == "train"], preserve_index=False),
+            "test": Dataset.from_pandas(qa[qa["split"] == "test"], preserve_index=False),
+            "bio": Dataset.from_pandas(read_bio(folder / "bio.parquet"), preserve_index=False),
+            "people": Dataset.from_pandas(
+                read_people(folder / "people.parquet"), preserve_index=False
+            ),
+        }
+    )
+
+
+def save_world(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+    """Save the world of ``data_dir`` as a DatasetDict folder (``save_to_disk``), atomically."""
+    from crosstrace.atomic import atomic_dir
+
+    world = load_world(data_dir)
+    with atomic_dir(out_dir) as tmp:
+        world.save_to_disk(str(tmp))

@@ -4,7 +4,9 @@ from crosstrace.joblog import start_job
 
 start_job(snakemake.log[0])
 
-from crosstrace.world import synthesize_world  # noqa: E402
+import os  # noqa: E402
+
+from crosstrace.world import save_world, synthesize_world  # noqa: E402
 
 synthesize_world(
     snakemake.params.world,
@@ -12,3 +14,4 @@ synthesize_world(
     snakemake.output.qa,
     snakemake.output.people,
 )
+save_world(os.path.dirname(snakemake.output.bio), snakemake.output.dataset)
