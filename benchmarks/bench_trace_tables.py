@@ -113,10 +113,11 @@ RANK_CHILD = (
     HWM
     + """
 import json, sys, time
-from crosstrace.param_map import DEFAULT_RANK_MODULES
+from crosstrace.config import section_defaults
 from crosstrace.rank import RankSettings, Run, rank_run
 trace, model, out, defs = sys.argv[1:5]
-settings = RankSettings(k_percent=[0.1, 1, 5], rank_modules=DEFAULT_RANK_MODULES,
+settings = RankSettings(k_percent=[0.1, 1, 5],
+                        rank_modules=section_defaults("analysis")["rank_modules"],
                         definitions=tuple(defs.split(",")))
 t = time.perf_counter()
 tables = rank_run({d: trace for d in settings.definitions}, model,
@@ -132,10 +133,11 @@ DUCKDB_CHILD = (
     + """
 import json, sys, time
 from crosstrace.database import RunFiles, build_database, connect, shared_by_head_query
-from crosstrace.param_map import DEFAULT_RANK_MODULES
+from crosstrace.config import section_defaults
 from crosstrace.rank import RankSettings, Run
 root, out, db, tables, mem, defs = sys.argv[1:7]
-settings = RankSettings(k_percent=[0.1, 1, 5], rank_modules=DEFAULT_RANK_MODULES,
+settings = RankSettings(k_percent=[0.1, 1, 5],
+                        rank_modules=section_defaults("analysis")["rank_modules"],
                         definitions=tuple(defs.split(",")))
 files = RunFiles(Run("bench", "mix", 0), f"{out}/predictions.parquet",
                  **{o: f"{out}/{o}.parquet" for o in ("ranking", "cells", "agreement")})

@@ -18,13 +18,16 @@ from crosstrace.ablate import (
     reset_parameters,
     strata_ids,
 )
+from crosstrace.config import section_defaults
 from crosstrace.evaluate import predict
 from crosstrace.models import bos_id, build_base, load_model
-from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULE_CODE, NO_HEAD, NO_NEURON, ParamMap
+from crosstrace.param_map import MODULE_CODE, NO_HEAD, NO_NEURON, ParamMap
 from crosstrace.rank import RankSettings, Run, TraceDict, rank_run, rank_traces
 from crosstrace.scoring import qa_exact_match, qa_examples
 from crosstrace.train import train_run
 from crosstrace.world import read_qa, synthesize_world
+
+DEFAULT_RANK_MODULES = tuple(section_defaults("analysis")["rank_modules"])
 
 SETTINGS = RankSettings(
     k_percent=(1.0, 5.0, 20.0),

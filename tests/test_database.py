@@ -11,11 +11,13 @@ import torch
 from safetensors.torch import save_file
 from test_rank import net, random_trace
 
+from crosstrace.config import section_defaults
 from crosstrace.database import TABLES, RunFiles, build_database, connect, shared_by_head_query
 from crosstrace.dump import dump_trace
 from crosstrace.errors import InputDataError
-from crosstrace.param_map import DEFAULT_RANK_MODULES
 from crosstrace.rank import RankSettings, Run, rank_run
+
+DEFAULT_RANK_MODULES = tuple(section_defaults("analysis")["rank_modules"])
 
 SETTINGS = RankSettings(k_percent=(1.0, 5.0), rank_modules=DEFAULT_RANK_MODULES)
 RUNS = [Run("llama", "mix", 0), Run("llama", "mix", 1), Run("gpt_neox", "stage", 0)]

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from crosstrace.config import section_defaults
 from crosstrace.database import _run
 from crosstrace.errors import ConfigError, InputDataError
-from crosstrace.param_map import DEFAULT_RANK_MODULES, MODULES, NO_HEAD, NO_NEURON, ParamMap
+from crosstrace.param_map import MODULES, NO_HEAD, NO_NEURON, ParamMap
 from crosstrace.rank import (
     RankSettings,
     Run,
@@ -26,6 +27,8 @@ from crosstrace.rank import (
     rank_traces,
     topk_size,
 )
+
+DEFAULT_RANK_MODULES = tuple(section_defaults("analysis")["rank_modules"])
 
 KS = (0.5, 1.0, 5.0)
 

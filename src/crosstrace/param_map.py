@@ -38,15 +38,6 @@ MODULES: tuple[str, ...] = (
     "lm_head",
 )
 MODULE_CODE: dict[str, int] = {m: i for i, m in enumerate(MODULES)}
-DEFAULT_RANK_MODULES: tuple[str, ...] = (
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.o",
-    "mlp.up",
-    "mlp.gate",
-    "mlp.down",
-)
 NO_HEAD = -1  # sentinel in the int16 head arrays; written as null
 NO_NEURON = -1  # sentinel in the int32 neuron arrays; written as null
 NO_LAYER = -1
@@ -169,34 +160,6 @@ class ParamSpec:
         else:
             neuron = np.full(stop - start, NO_NEURON, dtype=np.int32)
         return {"row": row, "col": col, "module": module, "head": head, "neuron": neuron}
-
-    def ranked_rows(self, rank_modules: tuple[str, ...] | list[str]) -> np.ndarray:
-        """Boolean per row: is this row's module ranked?"""
-        codes = [MODULE_CODE[m] for m in rank_modules]
-        return np.isin(self.row_module, codes)
-
-    def ranked_mask(self, rank_modules: tuple[str, ...] | list[str]) -> np.ndarray:
-        """Boolean array of ``shape``: which elements are ranked."""
-        rows = self.ranked_rows(rank_modules)
-        return np.broadcast_to(rows[:, None], (self.n_rows, self.n_cols)).reshape(self.shape)
-
-    def cells(self) -> list[tuple[int | None, str, int | None, int]]:
-        """Element counts per (layer, module, head) cell: [(layer, module, head, n), ...]."""
-        out: list[tuple[int | None, str, int | None, int]] = []
-        if self.col_head is not None:
-            mods = np.unique(self.row_module)
-            if len(mods) != 1:  # pragma: no cover - no such tensor in either architecture
-                raise CrosstraceError(f"{self.name}: column heads with several modules")
-            heads, counts = np.unique(self.col_head, return_counts=True)
-            for h, n in zip(heads, counts, strict=True):
-                out.append((self.layer, MODULES[mods[0]], _opt(h), int(n) * self.n_rows))
-            return out
-        heads = self.row_head if self.row_head is not None else np.full(self.n_rows, NO_HEAD)
-        key = self.row_module.astype(np.int64) * 65536 + (heads.astype(np.int64) + 1)
-        keys, counts = np.unique(key, return_counts=True)
-        for k, n in zip(keys, counts, strict=True):
-            out.append((self.layer, MODULES[k // 65536], _opt(k % 65536 - 1), int(n) * self.n_cols))
-        return out
 
 
 def _opt(h: Any) -> int | None:
