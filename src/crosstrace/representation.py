@@ -32,9 +32,11 @@ import pandas as pd
 import torch
 
 from crosstrace.batches import IGNORE
+from crosstrace.consistency import PROBE_SEED
 from crosstrace.templates import QA_TEMPLATES
 from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target
 
+MAX_PEOPLE = 2000
 GENERIC_WORDS = {"What", "Which", "Where", "is", "the", "of", "did", "?", "Answer", ":"}
 
 
@@ -121,8 +123,15 @@ def representation_tables(
     model, tokenizer, people: pd.DataFrame, bio: pd.DataFrame, qa: pd.DataFrame,
     bos: int | None,
 ) -> pd.DataFrame:  # fmt: skip
-    """Rows: (measure, layer, attribute, split, value, baseline, n) for cosine and transfer."""
+    """Rows: (measure, layer, attribute, split, value, baseline, n) for cosine and transfer.
+
+    Worlds of more than ``MAX_PEOPLE`` people use a fixed random subset of that size (the
+    states of every layer are held in memory).
+    """
     people = people.sort_values("person_id").reset_index(drop=True)
+    if len(people) > MAX_PEOPLE:
+        keep = np.random.default_rng(PROBE_SEED).choice(len(people), MAX_PEOPLE, replace=False)
+        people = people.iloc[np.sort(keep)].reset_index(drop=True)
     split_of = qa.drop_duplicates("person_id").set_index("person_id")["split"]
     split = people["person_id"].map(split_of).map({"train": "id", "test": "ood"}).to_numpy()
     bio_prefix, qa_prefix = name_prefixes(people, bio, tokenizer, bos)
