@@ -14,6 +14,8 @@ the ablated shared set is the counted one. Per definition, scope and k:
   ``n_reset`` records the size actually reset, ``n_target`` the shared set's).
 
 The three controls are drawn ``draws`` times (independent seeds); the table keeps each draw.
+Ablation uses the first of ``analysis.definitions`` (the trajectory Δ by default) and every
+scope: each condition is one evaluation of all QA pairs.
 Accuracy is QA exact match by teacher forcing (``crosstrace.scoring``), which equals greedy
 exact match and costs one forward pass.
 """
@@ -203,7 +205,7 @@ def ablate_run(
     rows = []
     acc_none = accuracy()
     population = Population.of(pmap, shapes, settings)
-    for definition in settings.definitions:
+    for definition in settings.definitions[:1]:  # the first (primary) definition: see docstring
         source = TraceFile(traces[definition], what=f"{run} {definition} trace")
         if sorted(source.shapes) != sorted(TASKS):
             raise InputDataError(f"{run}: the {definition} trace lacks a task")

@@ -34,17 +34,21 @@ def qa_exact_match(
     model.eval()
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     out = np.zeros(len(examples), dtype=bool)
+    head = model.get_output_embeddings()
     try:
         for start in range(0, len(examples), batch_size):
             index = np.arange(start, min(start + batch_size, len(examples)))
             mb = collate(examples, index, pad)
-            logits = model(
-                input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device)
-            ).logits
-            pred = logits[:, :-1].argmax(-1).cpu()
-            target = mb.labels[:, 1:]
-            ok = (pred == target) | (target == IGNORE)
-            out[index] = ok.all(dim=1).numpy()
+            # right-padded: under the causal mask no real token sees a pad, so no mask is needed;
+            # the output layer runs only where a target is supervised (as in training)
+            hidden = model.base_model(input_ids=mb.input_ids.to(device))[0]
+            target = mb.labels[:, 1:].to(device)
+            keep = target != IGNORE
+            pred = head(hidden[:, :-1][keep]).argmax(-1)
+            wrong_rows = keep.nonzero()[:, 0][pred != target[keep]]
+            ok = torch.ones(len(index), dtype=torch.bool, device=device)
+            ok[wrong_rows] = False
+            out[index] = ok.cpu().numpy()
     finally:
         model.train(was_training)
     return out
