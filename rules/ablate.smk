@@ -28,6 +28,7 @@ rule ablate:
         settings=rank_settings(),
         draws=config["analysis"]["ablation_draws"],
         ablation_seed=config["analysis"]["ablation_seed"],
+        questions_per_split=config["analysis"]["ablation_questions"],
         batch_size=config["evaluation"]["batch_size"],
         device=config["device"],
     script:

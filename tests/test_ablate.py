@@ -15,6 +15,7 @@ from crosstrace.ablate import (
     Population,
     ablate_run,
     condition_masks,
+    question_sample,
     reset_parameters,
     strata_ids,
 )
@@ -186,8 +187,10 @@ def test_ablate_run_table(trained):
     df = ablate_run(trained / "final", trained / "base",
                     {"trajectory": trained / "trace.safetensors"}, outs["ranking"],
                     trained / "data" / "qa.parquet", trained / "ablation.parquet", run=run,
-                    settings=SETTINGS, draws=2, device="cpu")  # fmt: skip
+                    settings=SETTINGS, draws=2, questions_per_split=30,
+                    device="cpu")  # fmt: skip
     back = pd.read_parquet(trained / "ablation.parquet")
+    assert set(back["n"]) == {30}  # 5 per attribute and split
     assert len(back) == len(df) == 2 * 3 * (2 + 3 * 2) * 2  # scopes × k × conditions × splits
     assert (back[back.condition == "none"]["n_reset"] == 0).all()
     shared = back[back.condition == "shared"]
@@ -199,3 +202,20 @@ def test_ablate_run_table(trained):
     # resetting the global top 20 % of both tasks' parameters hurts recall of trained facts
     big = shared[(shared.k_percent == 20.0) & (shared.split == "id") & (shared.scope == "global")]
     assert (big["accuracy"] < none.iloc[0]).all()
+
+
+def test_question_sample_is_fixed_equal_per_attribute_and_split():
+    attributes = ["a", "b", "c"]
+    qa = pd.DataFrame({
+        "attribute": np.tile(np.repeat(attributes, 50), 2),
+        "split": np.repeat(["train", "test"], 150),
+    })  # fmt: skip
+    rows = question_sample(qa, 30, seed=4)
+    assert len(rows) == len(set(rows)) == 60
+    counts = qa.iloc[rows].groupby(["split", "attribute"]).size()
+    assert (counts == 10).all() and len(counts) == 6
+    assert question_sample(qa, 30, seed=4).tolist() == rows.tolist()  # paired across calls
+    assert question_sample(qa, 30, seed=5).tolist() != rows.tolist()
+    assert question_sample(qa, None, seed=4).tolist() == list(range(300))
+    # an attribute with fewer rows than its share gives all it has
+    assert len(question_sample(qa, 600, seed=4)) == 300

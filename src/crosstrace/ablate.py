@@ -15,7 +15,9 @@ the ablated shared set is the counted one. Per definition, scope and k:
 
 The three controls are drawn ``draws`` times (independent seeds); the table keeps each draw.
 Ablation uses the first of ``analysis.definitions`` (the trajectory Δ by default) and every
-scope: each condition is one evaluation of all QA pairs.
+scope. Every condition is scored on the same fixed sample of QA pairs
+(``analysis.ablation_questions`` per split, equal per attribute; :func:`question_sample`), so
+differences between conditions are paired; ``none`` (θT) is scored on that sample too.
 Accuracy is QA exact match by teacher forcing (``crosstrace.scoring``), which equals greedy
 exact match and costs one forward pass.
 """
@@ -50,6 +52,26 @@ CONDITIONS = ("none", "shared", "random", "bio_only", "qa_only")
 CONTROLS = ("random", "bio_only", "qa_only")
 SPLITS = ("id", "ood")
 Masks = dict[str, np.ndarray]
+
+
+def question_sample(qa: pd.DataFrame, per_split: int | None, seed: int) -> np.ndarray:
+    """Row indices of ``qa`` to score: per split, ``per_split`` rows, equal per attribute.
+
+    Drawn without replacement, once per seed, so every condition sees the same questions. An
+    attribute with fewer rows than its share gives all it has. ``None`` keeps every row.
+    """
+    if per_split is None:
+        return np.arange(len(qa))
+    attributes = sorted(qa["attribute"].unique())
+    per_attribute = max(1, per_split // len(attributes))
+    rng = np.random.default_rng([int(seed), 0xAB1A7E])
+    chosen = []
+    for split in sorted(qa["split"].unique()):
+        for attribute in attributes:
+            rows = np.flatnonzero(((qa["split"] == split) & (qa["attribute"] == attribute)).values)
+            take = min(per_attribute, len(rows))
+            chosen.append(np.sort(rng.choice(rows, size=take, replace=False)))
+    return np.concatenate(chosen)
 
 
 def strata_ids(pmap: ParamMap, name: str, shape: Sequence[int]) -> np.ndarray:
@@ -168,6 +190,7 @@ def ablate_run(
     settings: RankSettings,
     draws: int = 5,
     ablation_seed: int = 0,
+    questions_per_split: int | None = None,
     batch_size: int = 1024,
     device: str = "auto",
 ) -> pd.DataFrame:
@@ -193,6 +216,7 @@ def ablate_run(
     shapes = {n: tuple(p.shape) for n, p in final.items()}
     pmap = ParamMap(net.config)
     qa = read_qa(qa_path)
+    qa = qa.iloc[question_sample(qa, questions_per_split, ablation_seed)].reset_index(drop=True)
     examples = qa_examples(qa, tokenizer, bos_id(net, tokenizer))
     splits = qa["split"].map({"train": "id", "test": "ood"}).to_numpy()
 

@@ -19,6 +19,7 @@ ablate_run(
     settings=settings,
     draws=snakemake.params.draws,
     ablation_seed=snakemake.params.ablation_seed,
+    questions_per_split=snakemake.params.questions_per_split,
     batch_size=snakemake.params.batch_size,
     device=snakemake.params.device,
 )
