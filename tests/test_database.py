@@ -178,3 +178,22 @@ def test_a_missing_input_names_the_run(built):
     with pytest.raises(InputDataError, match="run gpt_neox/stage/seed0: ablation file"):
         build_database("results/trace", "y.duckdb", "tables3", runs=runs, settings=SETTINGS)
     assert not (tmp / "y.duckdb").exists()
+
+
+def test_summary_prints_every_headline_table(built, capsys):
+    from crosstrace import cli
+    from crosstrace.headline import headline_queries
+
+    tmp, _ = built
+    assert cli.main(["summary", str(tmp / "results" / "crosstrace.duckdb")]) == 0
+    out = capsys.readouterr().out
+    for caption, _sql in headline_queries():
+        assert f"**{caption}**" in out
+    # llama mix, ID: seeds 0 and 1 give 0.75 and 1.0: the mean and its t interval
+    half = 12.706 * np.std([0.75, 1.0], ddof=1) / np.sqrt(2)
+    row = f"| llama | mix | id | 2 | 0.875 [{0.875 - half:.3f}, {0.875 + half:.3f}] |"
+    assert row in out
+    # one seed: the mean alone, no interval
+    assert re.search(r"\| gpt_neox \| stage \| id \| 1 \| \d\.\d{3} \|", out)
+    # ablation: shared − random paired within seed (random draws 0, 0.05, 0.1 → mean drop 0.05)
+    assert re.search(r"\| llama \| mix \| 1 \| id \| 2 \| 10 \| 1 \| 0.25 \| 0.05 \|", out)

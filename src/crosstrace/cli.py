@@ -130,6 +130,12 @@ def _sql(args: argparse.Namespace, _cfg: dict[str, Any]) -> None:
             buffer = ""
 
 
+def _summary(args: argparse.Namespace, _cfg: dict[str, Any]) -> None:
+    from crosstrace.headline import headline_markdown
+
+    sys.stdout.write(headline_markdown(args.db))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crosstrace", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -149,6 +155,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-rows", type=int, default=40)
     s.add_argument("--max-width", type=int, default=160)
     s.set_defaults(func=_sql, config=None)
+    s = sub.add_parser(
+        "summary", help="print the headline tables (accuracy, overlap, ablation, …) as Markdown"
+    )
+    s.add_argument("db", nargs="?", default="results/crosstrace.duckdb")
+    s.set_defaults(func=_summary, config=None)
     s = cmd("synthesize", _synthesize, "write bio/qa/people Parquet of the config's world")
     s.add_argument("--out-dir", required=True)
     s = cmd("build-base", _build_base, "write θ0 of one model of the config")
