@@ -323,3 +323,17 @@ def test_training_examples_tokenise_once_through_dataset_map(tmp_path):
             pairs = zip(got.input_ids + got.labels, want[task].input_ids + want[task].labels,
                         strict=True)  # fmt: skip
             assert all(np.array_equal(a, b) for a, b in pairs)
+
+
+def test_world_keys_left_out_take_the_schema_defaults():
+    from dataclasses import asdict
+
+    from crosstrace.config import section_defaults
+    from crosstrace.world import parse_world_config
+
+    defaults = section_defaults("world")
+    parsed = asdict(parse_world_config({}))
+    for key, value in defaults.items():
+        if key != "pools":
+            assert parsed[key] == value, key
+    assert parsed["single_token_names"] is True  # the schema's default, not a second copy

@@ -43,6 +43,19 @@ def section_defaults(section: str) -> dict[str, Any]:
     return {key: spec["default"] for key, spec in props.items() if "default" in spec}
 
 
+def model_defaults(kind: str) -> dict[str, Any]:
+    """The schema's defaults inside one kind of ``models`` entry: ``tiny`` (the keys of its
+    ``tiny:`` mapping; ``kv_heads`` has none, it follows ``heads``) or ``pretrained``."""
+    defs = _schema()["$defs"]
+    if kind == "tiny":
+        props = defs["tiny_model"]["properties"]["tiny"]["properties"]
+    elif kind == "pretrained":
+        props = defs["pretrained_model"]["properties"]
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+
+
 def _errors(cfg: dict[str, Any]) -> list[str]:
     """One line per schema violation, naming the config key."""
     import jsonschema
@@ -81,6 +94,11 @@ def validated(cfg: dict[str, Any]) -> dict[str, Any]:
     bos_default = _schema()["$defs"]["bos"]["default"]
     for model in cfg["models"].values():  # validate() fills no defaults inside the oneOf
         model.setdefault("bos", bos_default)
+        if "tiny" in model:
+            model["tiny"] = {**model_defaults("tiny"), **model["tiny"]}
+        else:
+            for key, value in model_defaults("pretrained").items():
+                model.setdefault(key, value)
     return cfg
 
 

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from crosstrace.atomic import atomic_dir
+from crosstrace.config import model_defaults
 from crosstrace.errors import ConfigError, CrosstraceError
 
 ARCHITECTURES = ("llama", "gpt_neox")
@@ -32,7 +33,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def tiny_model(
     tiny: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> PreTrainedModel:
-    """A randomly initialised LlamaForCausalLM or GPTNeoXForCausalLM sized by ``tiny``."""
+    """A randomly initialised LlamaForCausalLM or GPTNeoXForCausalLM sized by ``tiny``
+    (keys left out take the config schema's defaults)."""
+    tiny = {**model_defaults("tiny"), **tiny}
     arch = tiny.get("arch")
     if arch not in ARCHITECTURES:
         raise ConfigError(
@@ -45,7 +48,7 @@ def tiny_model(
         num_hidden_layers=int(tiny["layers"]),
         num_attention_heads=int(tiny["heads"]),
         intermediate_size=int(tiny["intermediate"]),
-        max_position_embeddings=int(tiny.get("max_position", 256)),
+        max_position_embeddings=int(tiny["max_position"]),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -63,7 +66,7 @@ def tiny_model(
             raise ConfigError(f"models.*.tiny: heads must be a multiple of kv_heads ({kv_heads})")
         config = LlamaConfig(num_key_value_heads=kv_heads, **common)
         return LlamaForCausalLM(config)
-    config = GPTNeoXConfig(rotary_pct=float(tiny.get("rotary_pct", 0.25)), **common)
+    config = GPTNeoXConfig(rotary_pct=float(tiny["rotary_pct"]), **common)
     return GPTNeoXForCausalLM(config)
 
 
@@ -142,7 +145,7 @@ def build_base(
         model = tiny_model(model_cfg["tiny"], tokenizer, seed)
     elif "pretrained" in model_cfg:
         model, tokenizer = load_pretrained(
-            model_cfg["pretrained"], model_cfg.get("dtype", "float32")
+            model_cfg["pretrained"], {**model_defaults("pretrained"), **model_cfg}["dtype"]
         )
     else:
         raise ConfigError("a models entry needs either `tiny:` or `pretrained:`")

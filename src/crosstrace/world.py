@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crosstrace.atomic import atomic_file
+from crosstrace.config import section_defaults
 from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.templates import QA_TEMPLATES, sentence_templates
 
@@ -94,8 +95,8 @@ def shipped_pool(name: str) -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line.strip())
 
 
-def _int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int:
-    value = cfg.get(key, default)
+def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = cfg.get(key)
     if value is None:
         raise ConfigError(f"world.{key} is required")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -107,15 +108,17 @@ def _int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int) ->
 
 
 def _bool(cfg: Mapping[str, Any], key: str) -> bool:
-    value = cfg.get(key, False)
+    value = cfg.get(key)
     if not isinstance(value, bool):
         raise ConfigError(f"world.{key} must be true or false, got {value!r}")
     return value
 
 
 def parse_world_config(world_cfg: Mapping[str, Any]) -> WorldConfig:
-    """Validate the ``world:`` section and fill defaults; ConfigError names the bad key."""
-    frac = world_cfg.get("qa_train_fraction", 0.5)
+    """Validate the ``world:`` section; ConfigError names the bad key. Keys left out take
+    the config schema's defaults (:func:`crosstrace.config.section_defaults`), the one owner."""
+    world_cfg = {**section_defaults("world"), **world_cfg}
+    frac = world_cfg.get("qa_train_fraction")
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
         raise ConfigError(f"world.qa_train_fraction={frac!r} must be a number in (0, 1)")
     pools_cfg = world_cfg.get("pools") or {}
@@ -127,16 +130,16 @@ def parse_world_config(world_cfg: Mapping[str, Any]) -> WorldConfig:
     pools: dict[str, int] = {}
     for name in POOLS:
         shipped = len(shipped_pool(name))
-        size = _int(pools_cfg, name, shipped, 1) if name in pools_cfg else shipped
+        size = _int(pools_cfg, name, 1) if name in pools_cfg else shipped
         if size > shipped:
             raise ConfigError(f"world.pools.{name}={size} but only {shipped} values are shipped")
         pools[name] = size
     return WorldConfig(
-        seed=_int(world_cfg, "seed", None, 0),
-        n_people=_int(world_cfg, "n_people", None, 1),
+        seed=_int(world_cfg, "seed", 0),
+        n_people=_int(world_cfg, "n_people", 1),
         qa_train_fraction=float(frac),
-        templates_per_attribute=_int(world_cfg, "templates_per_attribute", 5, 1),
-        bios_per_person=_int(world_cfg, "bios_per_person", 1, 1),
+        templates_per_attribute=_int(world_cfg, "templates_per_attribute", 1),
+        bios_per_person=_int(world_cfg, "bios_per_person", 1),
         permute=_bool(world_cfg, "permute"),
         fullname=_bool(world_cfg, "fullname"),
         single_token_names=_bool(world_cfg, "single_token_names"),
