@@ -200,6 +200,10 @@ def test_seeds_overlay_triples_the_training(scratch):
     for model in ("llama_tiny", "neox_tiny"):
         for seed in (0, 1, 2):
             assert f"models/{model}/seed{seed}/base" in proc.stdout
+    # the same seeds from the command line (Snakemake passes the list items as strings)
+    cli = snakemake("-n", "--quiet", "rules", "--config", "seeds=[0,1,2]", cwd=scratch)
+    assert cli.returncode == 0, cli.stdout[-3000:]
+    assert job_counts(cli.stdout) == three
 
 
 def test_paper_configs_headline_single_and_multi5_permute_overlay():

@@ -79,6 +79,9 @@ def validated(cfg: dict[str, Any]) -> dict[str, Any]:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    seeds = cfg.get("seeds")
+    if isinstance(seeds, list) and all(isinstance(s, str) and s.isdigit() for s in seeds):
+        cfg["seeds"] = [int(s) for s in seeds]  # `--config 'seeds=[0,1,2]'` gives strings
     original = copy.deepcopy(cfg)
     try:
         validate(cfg, schema_path())
