@@ -358,6 +358,27 @@ def test_changing_qa_epochs_keeps_the_shared_bio_stage(ci_run, tmp_path):
     assert counts["synthesize"] == counts["base_model"] == 0
 
 
+def test_summary_fills_every_headline_table_from_a_real_run(ci_run):
+    """`crosstrace summary` on the CI study's database: each query runs against the real
+    tables and returns rows (the unit tests' database has no consistency records)."""
+    from crosstrace.database import connect
+    from crosstrace.headline import headline_tables
+
+    con = connect(ci_run / "results/crosstrace.duckdb")
+    tables = headline_tables(con)
+    con.close()
+    assert len(tables) >= 9
+    for caption, df in tables:
+        assert len(df) > 0, caption
+        assert df.iloc[:, 3:].notna().any().any(), caption  # numbers beside the keys
+    proc = subprocess.run(
+        [sys.executable, "-m", "crosstrace.cli", "summary", "results/crosstrace.duckdb"],
+        cwd=ci_run, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("\n| ") > 20
+
+
 def test_report_gathers_every_figure_with_its_caption(ci_run):
     proc = snakemake(
         "--report", "results/report.html", "--configfile", "config/ci.yaml", cwd=ci_run
