@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from crosstrace import distributed
 from crosstrace.atomic import atomic_file
 from crosstrace.batches import IGNORE, MicroBatch, StepPlan, pack, training_examples
 from crosstrace.checkpoint import (
@@ -39,7 +40,7 @@ from crosstrace.checkpoint import (
 from crosstrace.config import section_defaults
 from crosstrace.consistency import ConsistencyRecorder, build_probes
 from crosstrace.devices import autocast_dtype, resolve_device
-from crosstrace.errors import ConfigError, CrosstraceError
+from crosstrace.errors import ConfigError, CrosstraceError, ResumeError
 from crosstrace.models import bos_id, count_parameters, load_model, save_model
 from crosstrace.param_map import ParamMap
 from crosstrace.trace import GradientTrace, load_trace, save_trace
@@ -74,6 +75,12 @@ class TrainingConfig:
     pack: bool  # concatenate each task's examples into rows of pack_length tokens
     pack_length: int
     checkpoint_every: int
+    distributed: str  # none | ddp | fsdp (crosstrace.distributed)
+    nproc: int  # training processes per node
+
+    # Settings that change how a run is computed, not what it computes: left out of the
+    # checkpoint fingerprint (resuming checks them on their own, with a message of its own).
+    LAYOUT = ("distributed", "nproc")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TrainingConfig:
@@ -92,7 +99,11 @@ class TrainingConfig:
             raise ConfigError(
                 f"training.qa_loss_weight must be in (0, 1), got {out.qa_loss_weight}"
             )
+        out.parallel()  # validates distributed / nproc
         return out
+
+    def parallel(self) -> distributed.DistributedConfig:
+        return distributed.DistributedConfig(self.distributed, self.nproc)
 
     def epochs(self, phase: str) -> int:
         return {"bio": self.bio_epochs, "qa": self.qa_epochs, "mix": self.mix_epochs}[phase]
@@ -254,6 +265,8 @@ def optimizer_step(
     amp: torch.dtype | None,
     qa_loss_weight: float | None = None,
     on_task_gradients: Callable[[list[torch.Tensor], list[torch.Tensor]], None] | None = None,
+    tokens: dict[str, int] | None = None,
+    grad_sum: distributed.TaskGradientSum | None = None,
 ) -> dict[str, float]:
     """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
 
@@ -262,22 +275,35 @@ def optimizer_step(
     tasks and after clipping; nothing it does reaches the optimizer. ``on_task_gradients``
     (with the trace on, in a step with both tasks) receives the BIO and QA shares of the raw
     gradient, before clipping (gradient consistency).
+
+    Data-parallel: ``batches`` are this rank's slice of the step, ``tokens`` the supervised
+    positions per task of the whole step (all ranks), and ``grad_sum`` sums each task's
+    gradient share over the ranks right after that task's backward passes, so the trace,
+    the clipping and the optimizer all see the whole step's gradient. Without ``tokens`` the
+    counts come from ``batches`` (one process).
     """
     device = next(model.parameters()).device
-    tokens: dict[str, int] = {}
-    for mb in batches:
-        tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+    if tokens is None:
+        tokens = {}
+        for mb in batches:
+            tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+    order = sorted(tokens)  # BIO before QA, on every rank alike
     coef = task_coefficients(tokens, qa_loss_weight)
     loss_sum: dict[str, torch.Tensor] = {}
-    for i, mb in enumerate(batches):
-        ids, labels = mb.input_ids.to(device), mb.labels.to(device)
-        loss = supervised_loss_sum(model, ids, None, labels, amp)
-        (loss * coef[mb.task]).backward()
-        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
-        if tracer is not None and i + 1 < len(batches) and batches[i + 1].task != mb.task:
-            tracer.mark_task_end(mb.task)
-    if on_task_gradients is not None and tracer is not None and len(tokens) == 2:
-        shares = tracer.raw_shares(batches[-1].task)
+    for k, task in enumerate(order):
+        if grad_sum is not None:
+            grad_sum.begin_task()
+        for mb in (mb for mb in batches if mb.task == task):
+            ids, labels = mb.input_ids.to(device), mb.labels.to(device)
+            loss = supervised_loss_sum(model, ids, None, labels, amp)
+            (loss * coef[task]).backward()
+            loss_sum[task] = loss_sum.get(task, 0.0) + loss.detach()
+        if grad_sum is not None:
+            grad_sum.end_task()
+        if tracer is not None and k + 1 < len(order):
+            tracer.mark_task_end(task)
+    if on_task_gradients is not None and tracer is not None and len(order) == 2:
+        shares = tracer.raw_shares(order[-1])
         on_task_gradients(shares["bio"], shares["qa"])
     clip_coef = 1.0
     if max_grad_norm is not None:
@@ -285,10 +311,13 @@ def optimizer_step(
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         clip_coef = float(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
     if tracer is not None:
-        tracer.accumulate(batches[-1].task, lr, clip_coef)
+        tracer.accumulate(order[-1], lr, clip_coef)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {task: float(loss_sum[task]) / tokens[task] for task in loss_sum}
+    sums = [float(loss_sum.get(task, 0.0)) for task in order]
+    if grad_sum is not None:
+        sums = distributed.all_sum(sums)
+    return {task: total / tokens[task] for task, total in zip(order, sums, strict=True)}
 
 
 def train_run(
@@ -320,10 +349,79 @@ def train_run(
     ``consistency`` ({"every": steps, "probe_people": n}) records gradient consistency
     (``crosstrace.consistency``) into ``consistency_out``, after the rows of
     ``init_consistency`` (the BIO stage's, for the QA stage of two-stage training).
+
+    With ``training.nproc`` > 1 this process launches that many workers
+    (:mod:`crosstrace.distributed`), each of which runs this function on its slice of every
+    step; in a worker (or a process started by ``torchrun``) it joins the process group.
+    Rank 0 writes every output and checkpoint.
     """
     cfg = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(training)
     tcfg = trace if isinstance(trace, TraceConfig) else TraceConfig.from_dict(trace or {})
+    parallel = cfg.parallel()
     dev = resolve_device(device)
+    paths = {
+        "init_dir": init_dir,
+        "out_dir": out_dir,
+        "trace_out": trace_out,
+        "log_out": log_out,
+        "data_dir": data_dir,
+        "init_trace": init_trace,
+        "checkpoint_dir": checkpoint_dir,
+        "consistency_out": consistency_out,
+        "init_consistency": init_consistency,
+    }
+    options = {
+        "phase": phase,
+        "seed": seed,
+        "device": device,
+        "progress": progress,
+        "max_steps": max_steps,
+        "consistency": consistency,
+    }
+    if parallel.nproc > 1 and not distributed.in_worker():
+        distributed.check_launch(parallel, dev)
+        worker_kwargs = {
+            **{k: None if v is None else str(v) for k, v in paths.items()},
+            **options,
+            "training": asdict(cfg),
+            "trace": asdict(tcfg),
+        }
+        distributed.launch(worker_kwargs, parallel, threads=torch.get_num_threads())
+        return {"steps": None, "parameters": None, "resumed_from": None, "nproc": parallel.nproc}
+    if distributed.in_worker() and parallel.mode == "none":
+        raise ConfigError(
+            f"this process was started by torchrun as one of {os.environ['WORLD_SIZE']} "
+            "workers, but training.distributed is 'none'; set it to ddp or fsdp"
+        )
+    with distributed.process_group(dev) as rank:
+        return _train_phase(
+            cfg, tcfg, rank, distributed.worker_device(dev, rank), **paths, **options
+        )
+
+
+def _train_phase(
+    cfg: TrainingConfig,
+    tcfg: TraceConfig,
+    rank: distributed.Rank,
+    dev: torch.device,
+    *,
+    init_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    trace_out: str | os.PathLike[str],
+    log_out: str | os.PathLike[str],
+    phase: str,
+    data_dir: str | os.PathLike[str],
+    seed: int,
+    device: str,
+    init_trace: str | os.PathLike[str] | None,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    max_steps: int | None,
+    consistency: dict[str, int] | None,
+    consistency_out: str | os.PathLike[str] | None,
+    init_consistency: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """:func:`train_run` on one process: all of it, or rank ``rank``'s part."""
     amp = autocast_dtype(dev)
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
@@ -336,7 +434,8 @@ def train_run(
     data = Path(data_dir)
     bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     bos = bos_id(model, tokenizer)
-    examples = training_examples(bio_df, qa_df, tokenizer, bos, cache_dir=data / "tokenized")
+    with distributed.main_rank_first():  # rank 0 fills the tokenisation cache
+        examples = training_examples(bio_df, qa_df, tokenizer, bos, cache_dir=data / "tokenized")
     if cfg.pack:
         examples = {task: pack(ex, cfg.pack_length, seed) for task, ex in examples.items()}
     plan = StepPlan(
@@ -358,10 +457,11 @@ def train_run(
         if tcfg.enabled
         else None
     )
+    grad_sum = distributed.TaskGradientSum(list(model.parameters())) if rank.distributed else None
     recorder = None
-    if consistency is not None:
-        if tracer is None or consistency_out is None:
-            raise ConfigError("gradient consistency needs the trace and an output path")
+    if consistency is not None and (tracer is None or consistency_out is None):
+        raise ConfigError("gradient consistency needs the trace and an output path")
+    if consistency is not None and rank.is_main:  # the step's gradients are the same on all
         recorder = ConsistencyRecorder(
             model,
             ParamMap(model.config),
@@ -372,7 +472,7 @@ def train_run(
         )
     fingerprint = _fingerprint(
         phase=phase,
-        training=asdict(cfg),
+        training={k: v for k, v in asdict(cfg).items() if k not in TrainingConfig.LAYOUT},
         trace=tcfg.enabled,
         seed=seed,
         init=str(Path(init_dir).resolve()),
@@ -385,8 +485,11 @@ def train_run(
         weights, acc, state = load_checkpoint(found)
         if state.get("fingerprint") != fingerprint:
             log.warning("ignoring checkpoint %s: written with other settings", found)
-            shutil.rmtree(ckpt_root, ignore_errors=True)
+            distributed.barrier()  # every rank has read it before rank 0 removes it
+            if rank.is_main:
+                shutil.rmtree(ckpt_root, ignore_errors=True)
         else:
+            _check_same_layout(found, state, cfg, rank)
             model.load_state_dict(weights)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -409,10 +512,14 @@ def train_run(
             "log": rows,
             "consistency": recorder.rows if recorder is not None else None,
             "fingerprint": fingerprint,
+            "world_size": rank.world_size,
+            "distributed": cfg.distributed,
         }
-        save_checkpoint(
-            ckpt_root, step, model=model, trace=tracer.state() if tracer else None, state=state
-        )
+        if rank.is_main:
+            save_checkpoint(
+                ckpt_root, step, model=model, trace=tracer.state() if tracer else None, state=state
+            )
+        distributed.barrier()  # no rank stops or moves on before the checkpoint is complete
 
     pad_id = tokenizer.pad_token_id
     log.info(
@@ -431,14 +538,16 @@ def train_run(
         initial=start,
         total=end,
         desc=f"train {phase}",
-        disable=not progress,
+        disable=not progress or not rank.is_main,
         mininterval=2.0 if sys.stderr.isatty() else 30.0,  # a log file: a line every 30 s
     )
     try:
         with stopper.installed():
             for step in bar:
                 t0 = time.perf_counter()
-                batches = plan.micro_batches(step, examples, pad_id)
+                batches = plan.micro_batches(
+                    step, examples, pad_id, rank=rank.rank, world_size=rank.world_size
+                )
                 lr = scheduler.get_last_lr()[0]
                 on_grads = None
                 if recorder is not None and recorder.due(step):
@@ -454,8 +563,19 @@ def train_run(
                     amp=amp,
                     qa_loss_weight=cfg.qa_loss_weight,
                     on_task_gradients=on_grads,
+                    tokens=plan.supervised_tokens(step, examples),
+                    grad_sum=grad_sum,
                 )
                 scheduler.step()
+                done = step + 1
+                # every rank stops at the same step: a signal or the deadline on any stops all
+                tokens, signalled, late = distributed.all_sum(
+                    [
+                        sum(int(mb.attention_mask.sum()) for mb in batches),
+                        stopper.received is not None,
+                        deadline is not None and time.time() >= deadline and done < end,
+                    ]
+                )
                 rows.append(
                     {
                         "phase": phase,
@@ -464,18 +584,18 @@ def train_run(
                         "lr": lr,
                         "loss_bio": losses.get("bio"),
                         "loss_qa": losses.get("qa"),
-                        "tokens": int(sum(mb.attention_mask.sum() for mb in batches)),
+                        "tokens": int(tokens),
                         "seconds": time.perf_counter() - t0,
                     }
                 )
-                done = step + 1
-                if stopper.received is not None:
+                if signalled:
                     checkpoint(done)
                     raise Preempted(
-                        f"received signal {stopper.received} at step {done}/{plan.total_steps}; "
+                        f"received signal {stopper.received or 'on another rank'} at step "
+                        f"{done}/{plan.total_steps}; "
                         f"checkpoint written to {ckpt_root}; rerun the same job to resume"
                     )
-                if deadline is not None and time.time() >= deadline and done < end:
+                if late:
                     checkpoint(done)
                     raise Preempted(
                         f"the SLURM time limit is less than {STOP_MARGIN_ENV} seconds away "
@@ -504,6 +624,9 @@ def train_run(
     if recorder is not None:
         recorder.record_probes(end)  # the final weights
     model.eval()
+    if not rank.is_main:
+        distributed.barrier()  # rank 0 writes the outputs
+        return {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
     save_model(model, tokenizer, out_dir)
     if recorder is not None:
         frames = [pd.read_parquet(init_consistency)] if init_consistency else []
@@ -518,4 +641,21 @@ def train_run(
     with atomic_file(log_out) as tmp:
         frame.to_parquet(tmp, index=False)
     shutil.rmtree(ckpt_root, ignore_errors=True)
+    distributed.barrier()
     return {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
+
+
+def _check_same_layout(
+    found: Path, state: dict[str, Any], cfg: TrainingConfig, rank: distributed.Rank
+) -> None:
+    """Exact resume needs the process layout the checkpoint was written with: another number
+    of ranks sums each gradient in another order (and slices the steps differently)."""
+    written = (state.get("distributed", "none"), int(state.get("world_size", 1)))
+    if written != (cfg.distributed, rank.world_size):
+        raise ResumeError(
+            f"checkpoint {found} was written by {written[1]} process(es) "
+            f"(training.distributed: {written[0]}), but this run has {rank.world_size} "
+            f"(distributed: {cfg.distributed}); exact resume needs the same layout. Set "
+            f"training.distributed: {written[0]} and nproc to match it, or delete "
+            f"{found.parent} to start the phase over."
+        )
