@@ -414,3 +414,40 @@ def test_fsdp_on_a_build_that_cannot_shard_is_refused(world: Path, bases, tmp_pa
 def test_bad_distributed_settings_are_refused(mode: str, nproc: int, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TrainingConfig.from_dict({"distributed": mode, "nproc": nproc})
+
+
+# ---- the workflow: the training rule on 2 processes ----------------------------------------
+
+DDP_TARGET = "results/runs/llama_tiny/mix/seed0/trace.safetensors"
+
+
+def test_training_rules_ask_for_nproc_gpus(tmp_path: Path) -> None:
+    from conftest import copy_workflow, snakemake
+
+    root = copy_workflow(tmp_path / "repo")
+    (root / "four.yaml").write_text("training: {distributed: ddp, nproc: 4}\n")
+    cases = {("config/ci.yaml", "four.yaml"): 4, ("config/ci.yaml", "config/ci_ddp.yaml"): 0}
+    for files, gpus in cases.items():
+        proc = snakemake("-n", "--configfile", *files, "--", DDP_TARGET, cwd=root)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        train = proc.stdout.split("rule train:", 1)[1].split("\n\n", 1)[0]
+        assert f"gpu={gpus}," in train, train
+
+
+def test_training_rule_runs_on_two_gloo_processes(tmp_path: Path) -> None:
+    """`--configfile config/ci.yaml config/ci_ddp.yaml`: the train rule's job launches 2
+    workers, their lines land in the job's log, and rank 0 writes the outputs."""
+    from conftest import copy_workflow, snakemake
+
+    root = copy_workflow(tmp_path / "repo")
+    proc = snakemake("--cores", "2", "--configfile", "config/ci.yaml", "config/ci_ddp.yaml",
+                     "--until", "train", "--", DDP_TARGET, cwd=root, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (root / "results/logs/train/llama_tiny/mix/seed0.log").read_text()
+    assert "launching 2 ddp workers" in log and "rank0 crosstrace.train phase mix" in log, log
+    trace = load_trace(root / DDP_TARGET)
+    assert set(trace) == {"bio", "qa"}
+    assert all(float(t.abs().sum()) > 0 for t in trace["qa"].values())
+    run = root / "results/runs/llama_tiny/mix/seed0"
+    assert (run / "final/model.safetensors").is_file() and (run / "consistency.parquet").is_file()
+    assert not (run / "final.checkpoints").exists()
