@@ -37,14 +37,15 @@ TINY = {
 }  # fmt: skip
 # Plain SGD with clipping that is active at every step (gradient norms here are ≈ 1–10), so a
 # clip coefficient computed on one rank's gradient would show. 10 sequences per step: the two
-# ranks get 3 + 2 of each task, in two micro-batches each where they can.
+# ranks get 3 + 2 of each task in up to 3 micro-batches (under FSDP rank 1 then runs a
+# weight-0 stand-in, since every rank must make the same passes).
 SGD = {
     "optimizer": "sgd",
     "lr": 0.05,
     "weight_decay": 0.0,
     "max_grad_norm": 0.05,
     "batch_size": 10,
-    "grad_accum": 2,
+    "grad_accum": 3,
     "bio_epochs": 1,
     "qa_epochs": 1,
     "mix_epochs": 1,
@@ -85,14 +86,14 @@ class Runs:
 
     def __init__(self, root: Path, world: Path, bases: dict[str, Path]) -> None:
         self.root, self.world, self.bases = root, world, bases
-        self.done: dict[tuple[str, str, int], Path] = {}
+        self.done: dict[tuple[str, str, str], Path] = {}
 
-    def get(self, arch: str, strategy: str, nproc: int) -> Path:
-        key = (arch, strategy, nproc)
+    def get(self, arch: str, strategy: str, mode: str) -> Path:
+        key = (arch, strategy, mode)
         if key not in self.done:
-            folder = self.root / f"{arch}-{strategy}-{nproc}"
+            folder = self.root / f"{arch}-{strategy}-{mode}"
             init, init_trace = self.bases[arch], None
-            layout = {"distributed": "ddp" if nproc > 1 else "none", "nproc": nproc}
+            layout = {"distributed": mode, "nproc": 1 if mode == "none" else 2}
             for phase in PHASES[strategy]:
                 out = folder / phase
                 train_run(
@@ -174,12 +175,14 @@ def assert_equal_within_summation_order(
 
 @pytest.mark.parametrize("strategy", ["mix", "stage"])
 @pytest.mark.parametrize("arch", sorted(TINY))
-def test_ddp_two_ranks_equal_one_process(
-    runs: Runs, world: Path, bases: dict[str, Path], arch: str, strategy: str
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_equal_one_process(
+    runs: Runs, world: Path, bases: dict[str, Path], mode: str, arch: str, strategy: str
 ) -> None:
-    """Same θT, Δ_bio and Δ_qa as one process with the same global batch."""
+    """Same θT, Δ_bio and Δ_qa as one process with the same global batch (FSDP2: each rank
+    traced its shard; the file is gathered)."""
     last = PHASES[strategy][-1]
-    one, two = runs.get(arch, strategy, 1), runs.get(arch, strategy, 2)
+    one, two = runs.get(arch, strategy, "none"), runs.get(arch, strategy, mode)
     terms = supervised_terms(world, bases[arch], strategy)
     steps = run_steps(one, strategy)
     theta0 = weights(bases[arch])
@@ -212,7 +215,7 @@ def test_sgd_identity_under_ddp(
     runs: Runs, world: Path, bases: dict[str, Path], arch: str, strategy: str
 ) -> None:
     """Δ_bio + Δ_qa = θ0 − θT for plain SGD (with clipping) trained on 2 ranks."""
-    run = runs.get(arch, strategy, 2)
+    run = runs.get(arch, strategy, "ddp")
     steps = run_steps(run, strategy)
     final = run / PHASES[strategy][-1]
     theta0, theta_t = weights(bases[arch]), weights(final / "model")
@@ -263,6 +266,11 @@ def test_ranks_slices_make_up_the_step() -> None:
     small = StepPlan("qa", {"qa": 40}, batch_size=2, epochs=1, seed=0)
     assert small.micro_batches(0, ex, 0, rank=2, world_size=3) == []
     assert small.tasks() == ["qa"]
+    # FSDP: every rank the same number of passes; the missing ones are weight-0 stand-ins
+    parts = [small.micro_batches(0, ex, 0, rank=r, world_size=3, equal_counts=True)
+             for r in range(3)]  # fmt: skip
+    assert [len(p) for p in parts] == [1, 1, 1]
+    assert [p[0].weight for p in parts] == [1.0, 1.0, 0.0]
 
 
 # ---- resume after SIGTERM to every process -------------------------------------------------

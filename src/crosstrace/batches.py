@@ -7,6 +7,7 @@ which is what makes resuming from a checkpoint exact.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -182,6 +183,9 @@ class MicroBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    # 0.0 marks a stand-in: a rank with no example left for a pass that every rank must make
+    # (FSDP gathers parameters in every forward) runs one example whose loss counts zero.
+    weight: float = 1.0
 
     @property
     def n_sequences(self) -> int:
@@ -292,6 +296,7 @@ class StepPlan:
         *,
         rank: int = 0,
         world_size: int = 1,
+        equal_counts: bool = False,
     ) -> list[MicroBatch]:
         """The step's micro-batches, task-homogeneous, BIO before QA.
 
@@ -299,12 +304,19 @@ class StepPlan:
         examples (``np.array_split``: sizes differ by at most one), cut into up to
         ``grad_accum`` micro-batches; the ranks' slices together are the whole step. A rank
         may get no example of a task when the step has fewer examples than ranks.
+        ``equal_counts`` (FSDP, where every forward is a collective): every rank makes the same
+        number of micro-batches per task, a rank short of examples stand-ins of weight 0.
         """
         batches = []
         for task, index in sorted(self.step_indices(step).items()):
             local = np.array_split(index, world_size)[rank]
-            if len(local) == 0:
-                continue
-            for part in np.array_split(local, min(self.grad_accum, len(local))):
-                batches.append(collate(examples[task], part, pad_id))
+            count = min(self.grad_accum, len(local))
+            if equal_counts:
+                count = min(self.grad_accum, math.ceil(len(index) / world_size))
+            for part in np.array_split(local, count) if count else []:
+                if len(part):
+                    batches.append(collate(examples[task], part, pad_id))
+                else:
+                    stand_in = collate(examples[task], index[:1], pad_id)
+                    batches.append(dataclasses.replace(stand_in, weight=0.0))
         return batches

@@ -181,6 +181,94 @@ def main_rank_first() -> Iterator[None]:
         dist.barrier()
 
 
+def shard_model(model: torch.nn.Module, loss: torch.nn.Module) -> None:
+    """FSDP2: shard each decoder layer of ``model`` and, as the root, ``loss`` (a module that
+    wraps ``model``; the root group holds the embeddings, final norm and lm_head).
+
+    Gradients are summed over the ranks, not averaged (the loss is already normalised by the
+    whole step's token counts), and reduce-scattered after every backward pass, so each
+    task's share is complete on every rank's shard before the trace reads it.
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    layers = getattr(getattr(model, "base_model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise DistributedError(
+            f"training.distributed: fsdp cannot shard {type(model).__name__}: it has no "
+            "base_model.layers (the decoder layers of Llama and GPT-NeoX); use ddp"
+        )
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(loss)
+    for module in loss.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (FSDP) tensor; the tensor itself otherwise."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def replicated(t: torch.Tensor) -> torch.Tensor:
+    """The whole value of a sharded tensor, on every rank (a collective); the tensor itself
+    otherwise."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of ``full``, cut like ``param`` (no communication)."""
+    if not is_sharded(param):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    out = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    return out.to_local()
+
+
+def full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Whole-tensor state dicts of a sharded model (and optimizer), on the CPU of every rank
+    (torch.distributed.checkpoint.state_dict; a collective)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if optimizer is None:
+        return weights, None
+    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+) -> None:
+    """The inverse of :func:`full_state`: every rank keeps its shard of the whole tensors."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
 class TaskGradientSum:
     """Sums each task's share of a step's gradient over the ranks, one task at a time.
 

@@ -40,7 +40,7 @@ from crosstrace.checkpoint import (
 from crosstrace.config import section_defaults
 from crosstrace.consistency import ConsistencyRecorder, build_probes
 from crosstrace.devices import autocast_dtype, resolve_device
-from crosstrace.errors import ConfigError, CrosstraceError, ResumeError
+from crosstrace.errors import ConfigError, CrosstraceError, DistributedError, ResumeError
 from crosstrace.models import bos_id, count_parameters, load_model, save_model
 from crosstrace.param_map import ParamMap
 from crosstrace.trace import GradientTrace, load_trace, save_trace
@@ -240,6 +240,18 @@ def supervised_loss_sum(
     return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
 
 
+class SupervisedLoss(torch.nn.Module):
+    """:func:`supervised_loss_sum` as a module, so that FSDP's root hooks run around it (they
+    gather the embeddings, final norm and lm_head, which the loss reaches past ``forward``)."""
+
+    def __init__(self, model: torch.nn.Module, amp: torch.dtype | None) -> None:
+        super().__init__()
+        self.model, self.amp = model, amp
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return supervised_loss_sum(self.model, input_ids, None, labels, self.amp)
+
+
 def task_coefficients(tokens: dict[str, int], qa_loss_weight: float | None) -> dict[str, float]:
     """What each task's summed token loss is multiplied by in one optimizer step.
 
@@ -267,6 +279,7 @@ def optimizer_step(
     on_task_gradients: Callable[[list[torch.Tensor], list[torch.Tensor]], None] | None = None,
     tokens: dict[str, int] | None = None,
     grad_sum: distributed.TaskGradientSum | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
 
@@ -280,9 +293,12 @@ def optimizer_step(
     positions per task of the whole step (all ranks), and ``grad_sum`` sums each task's
     gradient share over the ranks right after that task's backward passes, so the trace,
     the clipping and the optimizer all see the whole step's gradient. Without ``tokens`` the
-    counts come from ``batches`` (one process).
+    counts come from ``batches`` (one process). Under FSDP ``loss_fn`` is the sharded
+    :class:`SupervisedLoss` (each backward then reduce-scatters, so no ``grad_sum``).
     """
     device = next(model.parameters()).device
+    if loss_fn is None:
+        loss_fn = functools.partial(supervised_loss_sum, model, attention_mask=None, amp=amp)
     if tokens is None:
         tokens = {}
         for mb in batches:
@@ -295,7 +311,7 @@ def optimizer_step(
             grad_sum.begin_task()
         for mb in (mb for mb in batches if mb.task == task):
             ids, labels = mb.input_ids.to(device), mb.labels.to(device)
-            loss = supervised_loss_sum(model, ids, None, labels, amp)
+            loss = loss_fn(ids, labels=labels) * mb.weight  # weight 0: a stand-in (FSDP)
             (loss * coef[task]).backward()
             loss_sum[task] = loss_sum.get(task, 0.0) + loss.detach()
         if grad_sum is not None:
@@ -308,15 +324,13 @@ def optimizer_step(
     clip_coef = 1.0
     if max_grad_norm is not None:
         params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        norm = distributed.replicated(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
         clip_coef = float(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
     if tracer is not None:
         tracer.accumulate(order[-1], lr, clip_coef)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    sums = [float(loss_sum.get(task, 0.0)) for task in order]
-    if grad_sum is not None:
-        sums = distributed.all_sum(sums)
+    sums = distributed.all_sum([float(loss_sum.get(task, 0.0)) for task in order])
     return {task: total / tokens[task] for task, total in zip(order, sums, strict=True)}
 
 
@@ -431,6 +445,16 @@ def _train_phase(
 
     model, tokenizer = load_model(init_dir, dev)
     model.train()
+    sharded = cfg.distributed == "fsdp" and rank.distributed
+    loss_fn = None
+    if sharded:
+        if consistency is not None:
+            raise DistributedError(
+                "training.distributed: fsdp does not record gradient consistency yet (the "
+                "records need whole-tensor gradients); train with ddp, or without consistency"
+            )
+        loss_fn = SupervisedLoss(model, amp)
+        distributed.shard_model(model, loss_fn)
     data = Path(data_dir)
     bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     bos = bos_id(model, tokenizer)
@@ -457,7 +481,9 @@ def _train_phase(
         if tcfg.enabled
         else None
     )
-    grad_sum = distributed.TaskGradientSum(list(model.parameters())) if rank.distributed else None
+    grad_sum = None
+    if rank.distributed and not sharded:
+        grad_sum = distributed.TaskGradientSum(list(model.parameters()))
     recorder = None
     if consistency is not None and (tracer is None or consistency_out is None):
         raise ConfigError("gradient consistency needs the trace and an output path")
@@ -490,23 +516,31 @@ def _train_phase(
                 shutil.rmtree(ckpt_root, ignore_errors=True)
         else:
             _check_same_layout(found, state, cfg, rank)
-            model.load_state_dict(weights)
-            optimizer.load_state_dict(state["optimizer"])
+            if sharded:  # whole tensors in the checkpoint; each rank keeps its shard
+                distributed.load_full_state(model, optimizer, weights, state["optimizer"])
+            else:
+                model.load_state_dict(weights)
+                optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             if tracer is not None and acc is not None:
                 for task, per_param in acc.items():
-                    for i, name in enumerate(tracer.names):
-                        tracer.delta[task][i].copy_(per_param[name])
+                    named = zip(tracer.names, tracer.params, strict=True)
+                    for i, (name, param) in enumerate(named):
+                        tracer.delta[task][i].copy_(distributed.shard_like(per_param[name], param))
             start, rows = state["step"], state["log"]
             if recorder is not None:
                 recorder.rows = list(state.get("consistency") or [])
             log.info("resumed from %s (step %d of %d)", found, start, plan.total_steps)
 
     def checkpoint(step: int) -> None:
+        weights, optimizer_state = model.state_dict(), None
+        if sharded:  # gathered to whole tensors on the CPU (every rank takes part)
+            weights, optimizer_state = distributed.full_state(model, optimizer)
+        trace_state = tracer.full_state() if tracer is not None else None
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state or optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "log": rows,
@@ -516,9 +550,7 @@ def _train_phase(
             "distributed": cfg.distributed,
         }
         if rank.is_main:
-            save_checkpoint(
-                ckpt_root, step, model=model, trace=tracer.state() if tracer else None, state=state
-            )
+            save_checkpoint(ckpt_root, step, weights=weights, trace=trace_state, state=state)
         distributed.barrier()  # no rank stops or moves on before the checkpoint is complete
 
     pad_id = tokenizer.pad_token_id
@@ -546,7 +578,12 @@ def _train_phase(
             for step in bar:
                 t0 = time.perf_counter()
                 batches = plan.micro_batches(
-                    step, examples, pad_id, rank=rank.rank, world_size=rank.world_size
+                    step,
+                    examples,
+                    pad_id,
+                    rank=rank.rank,
+                    world_size=rank.world_size,
+                    equal_counts=sharded,
                 )
                 lr = scheduler.get_last_lr()[0]
                 on_grads = None
@@ -565,13 +602,14 @@ def _train_phase(
                     on_task_gradients=on_grads,
                     tokens=plan.supervised_tokens(step, examples),
                     grad_sum=grad_sum,
+                    loss_fn=loss_fn,
                 )
                 scheduler.step()
                 done = step + 1
                 # every rank stops at the same step: a signal or the deadline on any stops all
                 tokens, signalled, late = distributed.all_sum(
                     [
-                        sum(int(mb.attention_mask.sum()) for mb in batches),
+                        sum(int(mb.attention_mask.sum()) for mb in batches if mb.weight),
                         stopper.received is not None,
                         deadline is not None and time.time() >= deadline and done < end,
                     ]
@@ -624,9 +662,15 @@ def _train_phase(
     if recorder is not None:
         recorder.record_probes(end)  # the final weights
     model.eval()
+    result = {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
+    weights = distributed.full_state(model, None)[0] if sharded else None
+    trace_state = tracer.full_state() if tracer is not None else None
     if not rank.is_main:
         distributed.barrier()  # rank 0 writes the outputs
-        return {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
+        return result
+    if weights is not None:  # an unsharded copy of θT to save
+        model, _ = load_model(init_dir, "cpu")
+        model.load_state_dict(weights)
     save_model(model, tokenizer, out_dir)
     if recorder is not None:
         frames = [pd.read_parquet(init_consistency)] if init_consistency else []
@@ -634,7 +678,7 @@ def _train_phase(
         with atomic_file(consistency_out) as tmp:
             frame.to_parquet(tmp, index=False)
     if tracer is not None:
-        save_trace(trace_out, tracer.state(), {"phase": phase, "steps": str(end)})
+        save_trace(trace_out, trace_state, {"phase": phase, "steps": str(end)})
     frame = pd.DataFrame(
         rows, columns=["phase", "step", "epoch", "lr", "loss_bio", "loss_qa", "tokens", "seconds"]
     )
@@ -642,7 +686,7 @@ def _train_phase(
         frame.to_parquet(tmp, index=False)
     shutil.rmtree(ckpt_root, ignore_errors=True)
     distributed.barrier()
-    return {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
+    return result
 
 
 def _check_same_layout(
