@@ -289,11 +289,10 @@ RESUME_CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def resume_root(world: Path, bases: dict[str, Path], tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    (root / "config.yaml").write_text(yaml.safe_dump(RESUME_CONFIG))
-    return root
+def write_resume_config(tmp_path: Path, mode: str) -> Path:
+    config = {**RESUME_CONFIG, "training": {**RESUME_CONFIG["training"], "distributed": mode}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
 
 
 def _cmd(root: Path, world: Path, base: Path, run: Path) -> list[str]:
@@ -322,8 +321,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_sigterm_to_all_ranks_resumes_exactly(resume_root: Path, world: Path, bases) -> None:
-    base = bases["llama"]
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_sigterm_to_all_ranks_resumes_exactly(tmp_path: Path, world: Path, bases, mode) -> None:
+    """SIGTERM to the launcher and both workers: all stop at one step, rank 0 checkpoints
+    (FSDP: gathered to whole tensors), exit 75; the rerun resumes and ends bitwise equal to
+    an uninterrupted run on the same 2 ranks."""
+    base, resume_root = bases["llama"], write_resume_config(tmp_path, mode)
     ref = resume_root / "reference"
     done = subprocess.run(_cmd(resume_root, world, base, ref), capture_output=True, text=True,
                           env=_env(), timeout=600, check=False)  # fmt: skip
@@ -459,3 +462,13 @@ def test_training_rule_runs_on_two_gloo_processes(tmp_path: Path) -> None:
     run = root / "results/runs/llama_tiny/mix/seed0"
     assert (run / "final/model.safetensors").is_file() and (run / "consistency.parquet").is_file()
     assert not (run / "final.checkpoints").exists()
+
+
+def test_fsdp_with_gradient_consistency_is_refused(world: Path, bases, tmp_path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(DistributedError, match="fsdp does not record gradient consistency"):
+        train_run(bases["llama"], run / "final", run / "t.safetensors", run / "l.parquet",
+                  phase="mix", data_dir=world, consistency={"every": 5, "probe_people": 2},
+                  consistency_out=run / "c.parquet",
+                  training={**SGD, "distributed": "fsdp", "nproc": 2}, progress=False)  # fmt: skip
+    assert not run.exists()

@@ -373,6 +373,12 @@ def train_run(
     tcfg = trace if isinstance(trace, TraceConfig) else TraceConfig.from_dict(trace or {})
     parallel = cfg.parallel()
     dev = resolve_device(device)
+    if parallel.mode == "fsdp" and consistency is not None:
+        raise DistributedError(
+            "training.distributed: fsdp does not record gradient consistency yet (the records "
+            "need whole-tensor gradients, FSDP holds shards); the workflow's training rules "
+            "record it, so use ddp there; fsdp runs through the library or `crosstrace train`"
+        )
     paths = {
         "init_dir": init_dir,
         "out_dir": out_dir,
@@ -448,11 +454,6 @@ def _train_phase(
     sharded = cfg.distributed == "fsdp" and rank.distributed
     loss_fn = None
     if sharded:
-        if consistency is not None:
-            raise DistributedError(
-                "training.distributed: fsdp does not record gradient consistency yet (the "
-                "records need whole-tensor gradients); train with ddp, or without consistency"
-            )
         loss_fn = SupervisedLoss(model, amp)
         distributed.shard_model(model, loss_fn)
     data = Path(data_dir)
