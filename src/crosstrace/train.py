@@ -476,17 +476,20 @@ def _train_phase(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(plan.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     )
-    initial = load_trace(init_trace) if init_trace else None
+    # ddp: every rank holds the same summed gradients, so rank 0 alone keeps the trace (the
+    # others save its 8 bytes per parameter); fsdp: every rank keeps its shard's trace.
+    keeps_trace = tcfg.enabled and (rank.is_main or sharded)
+    initial = load_trace(init_trace) if init_trace and keeps_trace else None
     tracer = (
         GradientTrace(model.named_parameters(), offload_cpu=tcfg.offload_cpu, initial=initial)
-        if tcfg.enabled
+        if keeps_trace
         else None
     )
     grad_sum = None
     if rank.distributed and not sharded:
         grad_sum = distributed.TaskGradientSum(list(model.parameters()))
     recorder = None
-    if consistency is not None and (tracer is None or consistency_out is None):
+    if consistency is not None and (not tcfg.enabled or consistency_out is None):
         raise ConfigError("gradient consistency needs the trace and an output path")
     if consistency is not None and rank.is_main:  # the step's gradients are the same on all
         recorder = ConsistencyRecorder(
