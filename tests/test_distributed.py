@@ -472,3 +472,29 @@ def test_fsdp_with_gradient_consistency_is_refused(world: Path, bases, tmp_path)
                   consistency_out=run / "c.parquet",
                   training={**SGD, "distributed": "fsdp", "nproc": 2}, progress=False)  # fmt: skip
     assert not run.exists()
+
+
+def test_processes_started_by_torchrun_join_directly(tmp_path: Path, world: Path, bases) -> None:
+    """The multi-node recipe's entry: `torchrun … -m crosstrace.cli train` (here one node,
+    rendezvous on localhost) trains in the workers themselves, bitwise like the launcher."""
+    root = write_resume_config(tmp_path, "ddp")
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["training"]["mix_epochs"] = 2
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    base = bases["llama"]
+    launched = subprocess.run(_cmd(root, world, base, root / "launched"), capture_output=True,
+                              text=True, env=_env(), timeout=600, check=False)  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    cmd = _cmd(root, world, base, root / "torchrun")
+    cmd[4] = "1"  # --threads 1: what the launcher gives each of 2 workers of a 2-thread job
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                "--nproc-per-node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                "localhost:0", "-m", *cmd[2:]]  # fmt: skip
+    proc = subprocess.run(torchrun, capture_output=True, text=True, env=_env(), timeout=600,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "launching" not in proc.stderr  # joined the group; started no workers of its own
+    got = load_trace(root / "torchrun/trace.safetensors")
+    want = load_trace(root / "launched/trace.safetensors")
+    for task in want:
+        assert all(torch.equal(got[task][k], want[task][k]) for k in want[task])
