@@ -109,10 +109,24 @@ _TRAINING_PHASE = {
 }
 
 
+# How many processes train, not what they compute: passed only when they differ from one
+# process, so that runs trained before these keys existed keep their recorded params.
+_TRAINING_LAYOUT = {"distributed": "none", "nproc": 1}
+
+
 def training_params(phase):
     """The `training` config keys used by one phase (bio | qa | mix)."""
     keys = _TRAINING_COMMON + _TRAINING_PHASE[phase]
-    return {k: config["training"][k] for k in keys}
+    params = {k: config["training"][k] for k in keys}
+    layout = {k: config["training"][k] for k in _TRAINING_LAYOUT}
+    if layout != _TRAINING_LAYOUT:
+        params.update(layout)
+    return params
+
+
+def training_gpus():
+    """GPUs a training job asks for: one per process (training.nproc); none on the CPU."""
+    return 0 if config["device"] == "cpu" else config["training"]["nproc"]
 
 
 def trace_params():

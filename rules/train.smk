@@ -1,3 +1,6 @@
+# Training jobs ask for training.nproc GPUs (crosstrace.distributed starts one process per GPU
+# inside the job) and none with `device: cpu`, where the processes share the job's CPUs.
+#
 # Training checkpoints live beside the outputs (`<out_dir>.checkpoints/`), never inside them:
 # Snakemake deletes a job's declared outputs before it reruns, and a requeued or retried job
 # must find its checkpoints to resume.
@@ -21,7 +24,7 @@ rule train_bio:
     resources:
         runtime=job_runtime("train_bio"),
         mem_mb=job_mem_mb("train_bio"),
-        gpu=1,
+        gpu=training_gpus(),
     params:
         phase="bio",
         training=training_params("bio"),
@@ -59,7 +62,7 @@ rule train:
     resources:
         runtime=job_runtime("train"),
         mem_mb=job_mem_mb("train"),
-        gpu=1,
+        gpu=training_gpus(),
     params:
         phase=phase_of,
         training=lambda wc: training_params(phase_of(wc)),

@@ -213,14 +213,14 @@ def test_torn_checkpoint_write_leaves_previous_usable(world, reference):
 def test_crash_inside_save_checkpoint_keeps_the_previous(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 2)
     root = tmp_path / "ckpt"
-    first = save_checkpoint(root, 5, model=model, trace=None, state={"step": 5})
+    first = save_checkpoint(root, 5, weights=model.state_dict(), trace=None, state={"step": 5})
 
     def boom(*_args, **_kwargs):
         raise KeyboardInterrupt("killed while writing state.pt")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(root, 10, model=model, trace=None, state={"step": 10})
+        save_checkpoint(root, 10, weights=model.state_dict(), trace=None, state={"step": 10})
     assert list_checkpoints(root) == [first]
     assert sorted(p.name for p in root.iterdir()) == [first.name]  # no temp folder left
 

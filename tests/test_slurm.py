@@ -154,3 +154,33 @@ def test_traces_are_bitwise_equal_to_a_local_run(slurm_run, ci_run, path):
     assert sorted(ours) == sorted(local)
     for key in ours:
         assert np.array_equal(ours[key], local[key]), key
+
+
+DDP_TARGET = "results/runs/llama_tiny/mix/seed0/trace.safetensors"
+DDP_CONFIG = ("--configfile", "config/ci.yaml", "config/ci_ddp.yaml", "--until", "train")
+
+
+def test_distributed_training_rule_through_slurm(tmp_path):
+    """config/ci_ddp.yaml: the train job (no GPU asked, device cpu) starts 2 gloo workers
+    inside its SLURM allocation; its trace is bitwise the one of the same rule run locally."""
+    root = copy_workflow(tmp_path / "slurm" / "repo")
+    proc = snakemake("--profile", "slurm", "--profile", "profiles/slurm-ci", *DDP_CONFIG,
+                     "--", DDP_TARGET, cwd=root, timeout=1200)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    train = [j for j, log in _submitted(proc.stdout).items() if "rule_train" in log]
+    assert len(train) == 1, proc.stdout[-3000:]
+    info = subprocess.run(
+        ["scontrol", "show", "job", train[0]], capture_output=True, text=True, check=True
+    ).stdout
+    assert "JobState=COMPLETED" in info and not re.search(r"gres[:/]gpu", info), info
+    log = (root / "results/logs/train/llama_tiny/mix/seed0.log").read_text()
+    assert "SLURM job" in log and "launching 2 ddp workers" in log, log[-3000:]
+
+    local = copy_workflow(tmp_path / "local" / "repo")
+    done = snakemake("--cores", "2", *DDP_CONFIG, "--", DDP_TARGET, cwd=local, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:]
+    from safetensors.numpy import load_file
+
+    ours, theirs = load_file(root / DDP_TARGET), load_file(local / DDP_TARGET)
+    assert sorted(ours) == sorted(theirs)
+    assert all((ours[k] == theirs[k]).all() for k in ours)

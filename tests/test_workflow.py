@@ -16,6 +16,7 @@ import yaml
 from conftest import REPO, copy_workflow, snakemake
 
 GPU_RULES = {"train_bio", "train", "evaluate", "ablate", "endpoint_trace", "consistency"}
+TRAINING_RULES = {"train_bio", "train"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,9 @@ def test_every_rule_has_log_benchmark_and_resources():
         names.add(name)
         for key in ("log:", "benchmark:", "resources:", "runtime=", "mem_mb=", "script:"):
             assert key in body, f"rule {name} lacks {key}"
-        assert ("gpu=1" in body) == (name in GPU_RULES), f"rule {name}: gpu=1 only on GPU rules"
+        # the training rules ask for training.nproc GPUs (crosstrace.distributed), others for 1
+        gpu = "gpu=training_gpus()" if name in TRAINING_RULES else "gpu=1"
+        assert (gpu in body) == (name in GPU_RULES), f"rule {name}: {gpu} only on GPU rules"
     assert names >= GPU_RULES
 
 
@@ -456,7 +459,9 @@ def test_slurm_profile_is_found_from_the_repo_root():
     assert profile["slurm-logdir"]
     for rule in GPU_RULES:
         res = profile["set-resources"][rule]
-        assert res["gpu"] == 1 and res["cpus_per_task"] >= 1, rule
+        # a gpu value here would override the training rules' own training.nproc GPUs
+        assert res.get("gpu") == (None if rule in TRAINING_RULES else 1), rule
+        assert res["cpus_per_task"] >= 1, rule
         assert "runtime" not in res and "mem_mb" not in res, rule  # the config sizes jobs
 
 

@@ -7,6 +7,8 @@ which is what makes resuming from a checkpoint exact.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -37,7 +39,7 @@ class Examples:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    @property
+    @functools.cached_property
     def supervised_tokens(self) -> np.ndarray:
         """Per example: how many positions carry a loss (labels shifted by one)."""
         return np.array([int((lab[1:] != IGNORE).sum()) for lab in self.labels], dtype=np.int64)
@@ -181,6 +183,9 @@ class MicroBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    # 0.0 marks a stand-in: a rank with no example left for a pass that every rank must make
+    # (FSDP gathers parameters in every forward) runs one example whose loss counts zero.
+    weight: float = 1.0
 
     @property
     def n_sequences(self) -> int:
@@ -271,12 +276,47 @@ class StepPlan:
                 out[task] = np.concatenate(chunks)
         return out
 
+    def tasks(self) -> list[str]:
+        """The tasks of every step, in backward order (BIO before QA)."""
+        return sorted(task for task, n in self.per_step.items() if n > 0)
+
+    def supervised_tokens(self, step: int, examples: dict[str, Examples]) -> dict[str, int]:
+        """Supervised positions per task in the whole step (all ranks together): what each
+        task's summed token loss is normalised by, on every rank alike."""
+        return {
+            task: int(examples[task].supervised_tokens[index].sum())
+            for task, index in sorted(self.step_indices(step).items())
+        }
+
     def micro_batches(
-        self, step: int, examples: dict[str, Examples], pad_id: int
+        self,
+        step: int,
+        examples: dict[str, Examples],
+        pad_id: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_counts: bool = False,
     ) -> list[MicroBatch]:
-        """The step's micro-batches, task-homogeneous, BIO before QA."""
+        """The step's micro-batches, task-homogeneous, BIO before QA.
+
+        With ``world_size`` > 1, rank ``rank`` takes its contiguous slice of each task's
+        examples (``np.array_split``: sizes differ by at most one), cut into up to
+        ``grad_accum`` micro-batches; the ranks' slices together are the whole step. A rank
+        may get no example of a task when the step has fewer examples than ranks.
+        ``equal_counts`` (FSDP, where every forward is a collective): every rank makes the same
+        number of micro-batches per task, a rank short of examples stand-ins of weight 0.
+        """
         batches = []
         for task, index in sorted(self.step_indices(step).items()):
-            for part in np.array_split(index, min(self.grad_accum, len(index))):
-                batches.append(collate(examples[task], part, pad_id))
+            local = np.array_split(index, world_size)[rank]
+            count = min(self.grad_accum, len(local))
+            if equal_counts:
+                count = min(self.grad_accum, math.ceil(len(index) / world_size))
+            for part in np.array_split(local, count) if count else []:
+                if len(part):
+                    batches.append(collate(examples[task], part, pad_id))
+                else:
+                    stand_in = collate(examples[task], index[:1], pad_id)
+                    batches.append(dataclasses.replace(stand_in, weight=0.0))
         return batches

@@ -45,15 +45,17 @@ def save_checkpoint(
     root: Path,
     step: int,
     *,
-    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
     trace: dict[str, dict[str, torch.Tensor]] | None,
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``."""
+    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``.
+
+    ``weights``: the model's state dict (whole tensors)."""
     final = root / f"step-{step:08d}"
     with atomic_dir(final) as tmp:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         save_file(weights, str(tmp / "model.safetensors"))
         if trace is not None:
             flat = {f"{t}/{n}": v.detach().cpu() for t, d in trace.items() for n, v in d.items()}

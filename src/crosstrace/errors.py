@@ -11,3 +11,11 @@ class ConfigError(CrosstraceError, ValueError):
 
 class InputDataError(CrosstraceError):
     """An input file is missing, unreadable or does not have the expected columns."""
+
+
+class DistributedError(CrosstraceError):
+    """Distributed training cannot start or run as configured on this machine."""
+
+
+class ResumeError(CrosstraceError):
+    """A checkpoint exists but cannot be resumed exactly by this run."""

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from crosstrace import distributed
 from crosstrace.atomic import atomic_file
 from crosstrace.errors import InputDataError
 
@@ -28,6 +29,10 @@ class GradientTrace:
     Per step: call :meth:`mark_task_end` after the last backward of each task but the last
     (it snapshots the running ``.grad``), then :meth:`accumulate` after clipping, before
     ``optimizer.step()``.
+
+    Under FSDP each rank keeps the accumulators of its own shard of every parameter (the
+    shard of the reduce-scattered ``.grad``), so trace memory divides by the ranks like the
+    optimizer state; :meth:`full_state` gathers them, one tensor at a time.
     """
 
     def __init__(
@@ -48,18 +53,22 @@ class GradientTrace:
         for task in TASKS:
             acc = []
             for name, param in zip(self.names, self.params, strict=True):
-                device = self.store_device or param.device
+                shard = distributed.local(param)
+                device = self.store_device or shard.device
                 if initial is not None and name in initial.get(task, {}):
-                    acc.append(initial[task][name].to(device=device, dtype=torch.float32).clone())
+                    start = distributed.shard_like(initial[task][name], param)
+                    acc.append(start.to(device=device, dtype=torch.float32).clone())
                 else:
-                    acc.append(torch.zeros(param.shape, dtype=torch.float32, device=device))
+                    acc.append(torch.zeros(shard.shape, dtype=torch.float32, device=device))
             self.delta[task] = acc
         self._snapshots: list[tuple[str, list[torch.Tensor]]] = []
         self._done: list[str] = []
 
     def _grads(self) -> list[torch.Tensor]:
         return [
-            p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
+            distributed.local(p.grad).float()
+            if p.grad is not None
+            else torch.zeros_like(distributed.local(p), dtype=torch.float32)
             for p in self.params
         ]
 
@@ -105,7 +114,32 @@ class GradientTrace:
         torch._foreach_add_(acc, grads, alpha=alpha)
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The accumulators as they are held: this rank's shards under FSDP."""
         return {task: dict(zip(self.names, acc, strict=True)) for task, acc in self.delta.items()}
+
+    def full_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Whole accumulators, on the CPU: the same as :meth:`state` without FSDP. Under FSDP
+        every rank must call it (each tensor is gathered in turn, then moved to the CPU), and
+        only rank 0 gets the result; the others get None."""
+        if not any(distributed.is_sharded(p) for p in self.params):
+            return self.state()
+        from torch.distributed.tensor import DTensor
+
+        main = distributed.current().is_main
+        out: dict[str, dict[str, torch.Tensor]] = {task: {} for task in self.delta}
+        for task, accs in self.delta.items():
+            for name, param, acc in zip(self.names, self.params, accs, strict=True):
+                shard = DTensor.from_local(
+                    acc.to(distributed.local(param).device),
+                    param.device_mesh,
+                    param.placements,
+                    shape=param.shape,
+                    stride=param.stride(),
+                )
+                whole = shard.full_tensor().cpu()
+                if main:
+                    out[task][name] = whole
+        return out if main else None
 
 
 def save_trace(

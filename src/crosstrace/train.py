@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from crosstrace import distributed
 from crosstrace.atomic import atomic_file
 from crosstrace.batches import IGNORE, MicroBatch, StepPlan, pack, training_examples
 from crosstrace.checkpoint import (
@@ -39,7 +40,7 @@ from crosstrace.checkpoint import (
 from crosstrace.config import section_defaults
 from crosstrace.consistency import ConsistencyRecorder, build_probes
 from crosstrace.devices import autocast_dtype, resolve_device
-from crosstrace.errors import ConfigError, CrosstraceError
+from crosstrace.errors import ConfigError, CrosstraceError, DistributedError, ResumeError
 from crosstrace.models import bos_id, count_parameters, load_model, save_model
 from crosstrace.param_map import ParamMap
 from crosstrace.trace import GradientTrace, load_trace, save_trace
@@ -74,6 +75,12 @@ class TrainingConfig:
     pack: bool  # concatenate each task's examples into rows of pack_length tokens
     pack_length: int
     checkpoint_every: int
+    distributed: str  # none | ddp | fsdp (crosstrace.distributed)
+    nproc: int  # training processes per node
+
+    # Settings that change how a run is computed, not what it computes: left out of the
+    # checkpoint fingerprint (resuming checks them on their own, with a message of its own).
+    LAYOUT = ("distributed", "nproc")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TrainingConfig:
@@ -92,7 +99,11 @@ class TrainingConfig:
             raise ConfigError(
                 f"training.qa_loss_weight must be in (0, 1), got {out.qa_loss_weight}"
             )
+        out.parallel()  # validates distributed / nproc
         return out
+
+    def parallel(self) -> distributed.DistributedConfig:
+        return distributed.DistributedConfig(self.distributed, self.nproc)
 
     def epochs(self, phase: str) -> int:
         return {"bio": self.bio_epochs, "qa": self.qa_epochs, "mix": self.mix_epochs}[phase]
@@ -229,6 +240,18 @@ def supervised_loss_sum(
     return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
 
 
+class SupervisedLoss(torch.nn.Module):
+    """:func:`supervised_loss_sum` as a module, so that FSDP's root hooks run around it (they
+    gather the embeddings, final norm and lm_head, which the loss reaches past ``forward``)."""
+
+    def __init__(self, model: torch.nn.Module, amp: torch.dtype | None) -> None:
+        super().__init__()
+        self.model, self.amp = model, amp
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return supervised_loss_sum(self.model, input_ids, None, labels, self.amp)
+
+
 def task_coefficients(tokens: dict[str, int], qa_loss_weight: float | None) -> dict[str, float]:
     """What each task's summed token loss is multiplied by in one optimizer step.
 
@@ -254,6 +277,9 @@ def optimizer_step(
     amp: torch.dtype | None,
     qa_loss_weight: float | None = None,
     on_task_gradients: Callable[[list[torch.Tensor], list[torch.Tensor]], None] | None = None,
+    tokens: dict[str, int] | None = None,
+    grad_sum: distributed.TaskGradientSum | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
 
@@ -262,33 +288,50 @@ def optimizer_step(
     tasks and after clipping; nothing it does reaches the optimizer. ``on_task_gradients``
     (with the trace on, in a step with both tasks) receives the BIO and QA shares of the raw
     gradient, before clipping (gradient consistency).
+
+    Data-parallel: ``batches`` are this rank's slice of the step, ``tokens`` the supervised
+    positions per task of the whole step (all ranks), and ``grad_sum`` sums each task's
+    gradient share over the ranks right after that task's backward passes, so the trace,
+    the clipping and the optimizer all see the whole step's gradient. Without ``tokens`` the
+    counts come from ``batches`` (one process). Under FSDP ``loss_fn`` is the sharded
+    :class:`SupervisedLoss` (each backward then reduce-scatters, so no ``grad_sum``).
     """
     device = next(model.parameters()).device
-    tokens: dict[str, int] = {}
-    for mb in batches:
-        tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+    if loss_fn is None:
+        loss_fn = functools.partial(supervised_loss_sum, model, attention_mask=None, amp=amp)
+    if tokens is None:
+        tokens = {}
+        for mb in batches:
+            tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
+    order = sorted(tokens)  # BIO before QA, on every rank alike
     coef = task_coefficients(tokens, qa_loss_weight)
     loss_sum: dict[str, torch.Tensor] = {}
-    for i, mb in enumerate(batches):
-        ids, labels = mb.input_ids.to(device), mb.labels.to(device)
-        loss = supervised_loss_sum(model, ids, None, labels, amp)
-        (loss * coef[mb.task]).backward()
-        loss_sum[mb.task] = loss_sum.get(mb.task, 0.0) + loss.detach()
-        if tracer is not None and i + 1 < len(batches) and batches[i + 1].task != mb.task:
-            tracer.mark_task_end(mb.task)
-    if on_task_gradients is not None and tracer is not None and len(tokens) == 2:
-        shares = tracer.raw_shares(batches[-1].task)
+    for k, task in enumerate(order):
+        if grad_sum is not None:
+            grad_sum.begin_task()
+        for mb in (mb for mb in batches if mb.task == task):
+            ids, labels = mb.input_ids.to(device), mb.labels.to(device)
+            loss = loss_fn(ids, labels=labels) * mb.weight  # weight 0: a stand-in (FSDP)
+            (loss * coef[task]).backward()
+            loss_sum[task] = loss_sum.get(task, 0.0) + loss.detach()
+        if grad_sum is not None:
+            grad_sum.end_task()
+        if tracer is not None and k + 1 < len(order):
+            tracer.mark_task_end(task)
+    if on_task_gradients is not None and tracer is not None and len(order) == 2:
+        shares = tracer.raw_shares(order[-1])
         on_task_gradients(shares["bio"], shares["qa"])
     clip_coef = 1.0
     if max_grad_norm is not None:
         params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        norm = distributed.replicated(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
         clip_coef = float(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
     if tracer is not None:
-        tracer.accumulate(batches[-1].task, lr, clip_coef)
+        tracer.accumulate(order[-1], lr, clip_coef)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {task: float(loss_sum[task]) / tokens[task] for task in loss_sum}
+    sums = distributed.all_sum([float(loss_sum.get(task, 0.0)) for task in order])
+    return {task: total / tokens[task] for task, total in zip(order, sums, strict=True)}
 
 
 def train_run(
@@ -320,10 +363,85 @@ def train_run(
     ``consistency`` ({"every": steps, "probe_people": n}) records gradient consistency
     (``crosstrace.consistency``) into ``consistency_out``, after the rows of
     ``init_consistency`` (the BIO stage's, for the QA stage of two-stage training).
+
+    With ``training.nproc`` > 1 this process launches that many workers
+    (:mod:`crosstrace.distributed`), each of which runs this function on its slice of every
+    step; in a worker (or a process started by ``torchrun``) it joins the process group.
+    Rank 0 writes every output and checkpoint.
     """
     cfg = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(training)
     tcfg = trace if isinstance(trace, TraceConfig) else TraceConfig.from_dict(trace or {})
+    parallel = cfg.parallel()
     dev = resolve_device(device)
+    if parallel.mode == "fsdp" and consistency is not None:
+        raise DistributedError(
+            "training.distributed: fsdp does not record gradient consistency yet (the records "
+            "need whole-tensor gradients, FSDP holds shards); the workflow's training rules "
+            "record it, so use ddp there; fsdp runs through the library or `crosstrace train`"
+        )
+    paths = {
+        "init_dir": init_dir,
+        "out_dir": out_dir,
+        "trace_out": trace_out,
+        "log_out": log_out,
+        "data_dir": data_dir,
+        "init_trace": init_trace,
+        "checkpoint_dir": checkpoint_dir,
+        "consistency_out": consistency_out,
+        "init_consistency": init_consistency,
+    }
+    options = {
+        "phase": phase,
+        "seed": seed,
+        "device": device,
+        "progress": progress,
+        "max_steps": max_steps,
+        "consistency": consistency,
+    }
+    if parallel.nproc > 1 and not distributed.in_worker():
+        distributed.check_launch(parallel, dev)
+        worker_kwargs = {
+            **{k: None if v is None else str(v) for k, v in paths.items()},
+            **options,
+            "training": asdict(cfg),
+            "trace": asdict(tcfg),
+        }
+        distributed.launch(worker_kwargs, parallel, threads=torch.get_num_threads())
+        return {"steps": None, "parameters": None, "resumed_from": None, "nproc": parallel.nproc}
+    if distributed.in_worker() and parallel.mode == "none":
+        raise ConfigError(
+            f"this process was started by torchrun as one of {os.environ['WORLD_SIZE']} "
+            "workers, but training.distributed is 'none'; set it to ddp or fsdp"
+        )
+    with distributed.process_group(dev) as rank:
+        return _train_phase(
+            cfg, tcfg, rank, distributed.worker_device(dev, rank), **paths, **options
+        )
+
+
+def _train_phase(
+    cfg: TrainingConfig,
+    tcfg: TraceConfig,
+    rank: distributed.Rank,
+    dev: torch.device,
+    *,
+    init_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    trace_out: str | os.PathLike[str],
+    log_out: str | os.PathLike[str],
+    phase: str,
+    data_dir: str | os.PathLike[str],
+    seed: int,
+    device: str,
+    init_trace: str | os.PathLike[str] | None,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    max_steps: int | None,
+    consistency: dict[str, int] | None,
+    consistency_out: str | os.PathLike[str] | None,
+    init_consistency: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """:func:`train_run` on one process: all of it, or rank ``rank``'s part."""
     amp = autocast_dtype(dev)
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
@@ -333,10 +451,16 @@ def train_run(
 
     model, tokenizer = load_model(init_dir, dev)
     model.train()
+    sharded = cfg.distributed == "fsdp" and rank.distributed
+    loss_fn = None
+    if sharded:
+        loss_fn = SupervisedLoss(model, amp)
+        distributed.shard_model(model, loss_fn)
     data = Path(data_dir)
     bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     bos = bos_id(model, tokenizer)
-    examples = training_examples(bio_df, qa_df, tokenizer, bos, cache_dir=data / "tokenized")
+    with distributed.main_rank_first():  # rank 0 fills the tokenisation cache
+        examples = training_examples(bio_df, qa_df, tokenizer, bos, cache_dir=data / "tokenized")
     if cfg.pack:
         examples = {task: pack(ex, cfg.pack_length, seed) for task, ex in examples.items()}
     plan = StepPlan(
@@ -352,16 +476,22 @@ def train_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(plan.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     )
-    initial = load_trace(init_trace) if init_trace else None
+    # ddp: every rank holds the same summed gradients, so rank 0 alone keeps the trace (the
+    # others save its 8 bytes per parameter); fsdp: every rank keeps its shard's trace.
+    keeps_trace = tcfg.enabled and (rank.is_main or sharded)
+    initial = load_trace(init_trace) if init_trace and keeps_trace else None
     tracer = (
         GradientTrace(model.named_parameters(), offload_cpu=tcfg.offload_cpu, initial=initial)
-        if tcfg.enabled
+        if keeps_trace
         else None
     )
+    grad_sum = None
+    if rank.distributed and not sharded:
+        grad_sum = distributed.TaskGradientSum(list(model.parameters()))
     recorder = None
-    if consistency is not None:
-        if tracer is None or consistency_out is None:
-            raise ConfigError("gradient consistency needs the trace and an output path")
+    if consistency is not None and (not tcfg.enabled or consistency_out is None):
+        raise ConfigError("gradient consistency needs the trace and an output path")
+    if consistency is not None and rank.is_main:  # the step's gradients are the same on all
         recorder = ConsistencyRecorder(
             model,
             ParamMap(model.config),
@@ -372,7 +502,7 @@ def train_run(
         )
     fingerprint = _fingerprint(
         phase=phase,
-        training=asdict(cfg),
+        training={k: v for k, v in asdict(cfg).items() if k not in TrainingConfig.LAYOUT},
         trace=tcfg.enabled,
         seed=seed,
         init=str(Path(init_dir).resolve()),
@@ -385,34 +515,47 @@ def train_run(
         weights, acc, state = load_checkpoint(found)
         if state.get("fingerprint") != fingerprint:
             log.warning("ignoring checkpoint %s: written with other settings", found)
-            shutil.rmtree(ckpt_root, ignore_errors=True)
+            distributed.barrier()  # every rank has read it before rank 0 removes it
+            if rank.is_main:
+                shutil.rmtree(ckpt_root, ignore_errors=True)
         else:
-            model.load_state_dict(weights)
-            optimizer.load_state_dict(state["optimizer"])
+            _check_same_layout(found, state, cfg, rank)
+            if sharded:  # whole tensors in the checkpoint; each rank keeps its shard
+                distributed.load_full_state(model, optimizer, weights, state["optimizer"])
+            else:
+                model.load_state_dict(weights)
+                optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             if tracer is not None and acc is not None:
                 for task, per_param in acc.items():
-                    for i, name in enumerate(tracer.names):
-                        tracer.delta[task][i].copy_(per_param[name])
+                    named = zip(tracer.names, tracer.params, strict=True)
+                    for i, (name, param) in enumerate(named):
+                        tracer.delta[task][i].copy_(distributed.shard_like(per_param[name], param))
             start, rows = state["step"], state["log"]
             if recorder is not None:
                 recorder.rows = list(state.get("consistency") or [])
             log.info("resumed from %s (step %d of %d)", found, start, plan.total_steps)
 
     def checkpoint(step: int) -> None:
+        weights, optimizer_state = model.state_dict(), None
+        if sharded:  # gathered to whole tensors on the CPU (every rank takes part)
+            weights, optimizer_state = distributed.full_state(model, optimizer)
+        trace_state = tracer.full_state() if tracer is not None else None
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state or optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "log": rows,
             "consistency": recorder.rows if recorder is not None else None,
             "fingerprint": fingerprint,
+            "world_size": rank.world_size,
+            "distributed": cfg.distributed,
         }
-        save_checkpoint(
-            ckpt_root, step, model=model, trace=tracer.state() if tracer else None, state=state
-        )
+        if rank.is_main:
+            save_checkpoint(ckpt_root, step, weights=weights, trace=trace_state, state=state)
+        distributed.barrier()  # no rank stops or moves on before the checkpoint is complete
 
     pad_id = tokenizer.pad_token_id
     log.info(
@@ -431,14 +574,21 @@ def train_run(
         initial=start,
         total=end,
         desc=f"train {phase}",
-        disable=not progress,
+        disable=not progress or not rank.is_main,
         mininterval=2.0 if sys.stderr.isatty() else 30.0,  # a log file: a line every 30 s
     )
     try:
         with stopper.installed():
             for step in bar:
                 t0 = time.perf_counter()
-                batches = plan.micro_batches(step, examples, pad_id)
+                batches = plan.micro_batches(
+                    step,
+                    examples,
+                    pad_id,
+                    rank=rank.rank,
+                    world_size=rank.world_size,
+                    equal_counts=sharded,
+                )
                 lr = scheduler.get_last_lr()[0]
                 on_grads = None
                 if recorder is not None and recorder.due(step):
@@ -454,8 +604,20 @@ def train_run(
                     amp=amp,
                     qa_loss_weight=cfg.qa_loss_weight,
                     on_task_gradients=on_grads,
+                    tokens=plan.supervised_tokens(step, examples),
+                    grad_sum=grad_sum,
+                    loss_fn=loss_fn,
                 )
                 scheduler.step()
+                done = step + 1
+                # every rank stops at the same step: a signal or the deadline on any stops all
+                tokens, signalled, late = distributed.all_sum(
+                    [
+                        sum(int(mb.attention_mask.sum()) for mb in batches if mb.weight),
+                        stopper.received is not None,
+                        deadline is not None and time.time() >= deadline and done < end,
+                    ]
+                )
                 rows.append(
                     {
                         "phase": phase,
@@ -464,18 +626,18 @@ def train_run(
                         "lr": lr,
                         "loss_bio": losses.get("bio"),
                         "loss_qa": losses.get("qa"),
-                        "tokens": int(sum(mb.attention_mask.sum() for mb in batches)),
+                        "tokens": int(tokens),
                         "seconds": time.perf_counter() - t0,
                     }
                 )
-                done = step + 1
-                if stopper.received is not None:
+                if signalled:
                     checkpoint(done)
                     raise Preempted(
-                        f"received signal {stopper.received} at step {done}/{plan.total_steps}; "
+                        f"received signal {stopper.received or 'on another rank'} at step "
+                        f"{done}/{plan.total_steps}; "
                         f"checkpoint written to {ckpt_root}; rerun the same job to resume"
                     )
-                if deadline is not None and time.time() >= deadline and done < end:
+                if late:
                     checkpoint(done)
                     raise Preempted(
                         f"the SLURM time limit is less than {STOP_MARGIN_ENV} seconds away "
@@ -504,6 +666,15 @@ def train_run(
     if recorder is not None:
         recorder.record_probes(end)  # the final weights
     model.eval()
+    result = {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
+    weights = distributed.full_state(model, None)[0] if sharded else None
+    trace_state = tracer.full_state() if tracer is not None else None
+    if not rank.is_main:
+        distributed.barrier()  # rank 0 writes the outputs
+        return result
+    if weights is not None:  # an unsharded copy of θT to save
+        model, _ = load_model(init_dir, "cpu")
+        model.load_state_dict(weights)
     save_model(model, tokenizer, out_dir)
     if recorder is not None:
         frames = [pd.read_parquet(init_consistency)] if init_consistency else []
@@ -511,11 +682,28 @@ def train_run(
         with atomic_file(consistency_out) as tmp:
             frame.to_parquet(tmp, index=False)
     if tracer is not None:
-        save_trace(trace_out, tracer.state(), {"phase": phase, "steps": str(end)})
+        save_trace(trace_out, trace_state, {"phase": phase, "steps": str(end)})
     frame = pd.DataFrame(
         rows, columns=["phase", "step", "epoch", "lr", "loss_bio", "loss_qa", "tokens", "seconds"]
     )
     with atomic_file(log_out) as tmp:
         frame.to_parquet(tmp, index=False)
     shutil.rmtree(ckpt_root, ignore_errors=True)
-    return {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
+    distributed.barrier()
+    return result
+
+
+def _check_same_layout(
+    found: Path, state: dict[str, Any], cfg: TrainingConfig, rank: distributed.Rank
+) -> None:
+    """Exact resume needs the process layout the checkpoint was written with: another number
+    of ranks sums each gradient in another order (and slices the steps differently)."""
+    written = (state.get("distributed", "none"), int(state.get("world_size", 1)))
+    if written != (cfg.distributed, rank.world_size):
+        raise ResumeError(
+            f"checkpoint {found} was written by {written[1]} process(es) "
+            f"(training.distributed: {written[0]}), but this run has {rank.world_size} "
+            f"(distributed: {cfg.distributed}); exact resume needs the same layout. Set "
+            f"training.distributed: {written[0]} and nproc to match it, or delete "
+            f"{found.parent} to start the phase over."
+        )
