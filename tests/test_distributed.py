@@ -498,3 +498,37 @@ def test_processes_started_by_torchrun_join_directly(tmp_path: Path, world: Path
     want = load_trace(root / "launched/trace.safetensors")
     for task in want:
         assert all(torch.equal(got[task][k], want[task][k]) for k in want[task])
+
+
+def test_fsdp_bf16_policy_gathers_bf16_and_keeps_fp32_shards_and_grads(tmp_path, monkeypatch):
+    """The policy used on CUDA (bf16 autocast): the forward sees bf16 parameters, while the
+    sharded parameters and their gradients, which the optimizer and the trace read, are fp32.
+    One gloo process (world size 1) is enough to check the wiring."""
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from crosstrace.train import SupervisedLoss
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=32))  # fmt: skip
+        loss = SupervisedLoss(model, None)
+        distributed.shard_model(model, loss, param_dtype=torch.bfloat16)
+        seen: list[torch.dtype] = []
+        proj = model.model.layers[0].self_attn.q_proj
+        handle = proj.register_forward_pre_hook(lambda m, _a: seen.append(m.weight.dtype))
+        ids = torch.randint(0, 32, (2, 6))
+        labels = ids.clone()
+        labels[:, :3] = -100
+        loss(ids, labels).backward()
+        handle.remove()
+        assert seen == [torch.bfloat16]  # the gathered parameter of the forward
+        for name, p in model.named_parameters():
+            assert distributed.local(p).dtype == torch.float32, name  # the shard: master copy
+            assert p.grad is not None and distributed.local(p.grad).dtype == torch.float32, name
+    finally:
+        dist.destroy_process_group()

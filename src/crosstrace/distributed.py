@@ -181,15 +181,22 @@ def main_rank_first() -> Iterator[None]:
         dist.barrier()
 
 
-def shard_model(model: torch.nn.Module, loss: torch.nn.Module) -> None:
+def shard_model(
+    model: torch.nn.Module, loss: torch.nn.Module, param_dtype: torch.dtype | None = None
+) -> None:
     """FSDP2: shard each decoder layer of ``model`` and, as the root, ``loss`` (a module that
     wraps ``model``; the root group holds the embeddings, final norm and lm_head).
 
     Gradients are summed over the ranks, not averaged (the loss is already normalised by the
     whole step's token counts), and reduce-scattered after every backward pass, so each
     task's share is complete on every rank's shard before the trace reads it.
+
+    ``param_dtype`` (bf16 on CUDA, where training runs under bf16 autocast): the gathered
+    parameters of the forward and backward are cast to it, while the sharded parameters, the
+    gradient reduction and therefore the optimizer and the trace stay fp32
+    (``MixedPrecisionPolicy(param_dtype, reduce_dtype=float32)``). ``None``: full precision.
     """
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     layers = getattr(getattr(model, "base_model", None), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
@@ -197,9 +204,10 @@ def shard_model(model: torch.nn.Module, loss: torch.nn.Module) -> None:
             f"training.distributed: fsdp cannot shard {type(model).__name__}: it has no "
             "base_model.layers (the decoder layers of Llama and GPT-NeoX); use ddp"
         )
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(loss)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(loss, mp_policy=policy)
     for module in loss.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)

@@ -455,7 +455,7 @@ def _train_phase(
     loss_fn = None
     if sharded:
         loss_fn = SupervisedLoss(model, amp)
-        distributed.shard_model(model, loss_fn)
+        distributed.shard_model(model, loss_fn, param_dtype=amp)
     data = Path(data_dir)
     bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     bos = bos_id(model, tokenizer)
