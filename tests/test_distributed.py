@@ -514,8 +514,11 @@ def test_fsdp_bf16_policy_gathers_bf16_and_keeps_fp32_shards_and_grads(tmp_path,
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=32))  # fmt: skip
+        config = LlamaConfig(
+            vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=32,
+        )  # fmt: skip
+        model = LlamaForCausalLM(config)
         loss = SupervisedLoss(model, None)
         distributed.shard_model(model, loss, param_dtype=torch.bfloat16)
         seen: list[torch.dtype] = []
