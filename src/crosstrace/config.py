@@ -53,7 +53,14 @@ def model_defaults(kind: str) -> dict[str, Any]:
         props = defs["pretrained_model"]["properties"]
     else:
         raise ValueError(f"unknown model kind {kind!r}")
-    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+    out = {}
+    for key, spec in props.items():
+        ref = spec.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            spec = {**defs[ref.removeprefix("#/$defs/")], **spec}
+        if "default" in spec and key != "bos":
+            out[key] = spec["default"]
+    return out
 
 
 def _errors(cfg: dict[str, Any]) -> list[str]:
