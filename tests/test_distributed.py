@@ -445,17 +445,22 @@ def test_training_rules_ask_for_nproc_gpus(tmp_path: Path) -> None:
         assert f"gpu={gpus}," in train, train
 
 
-def test_training_rule_runs_on_two_gloo_processes(tmp_path: Path) -> None:
-    """`--configfile config/ci.yaml config/ci_ddp.yaml`: the train rule's job launches 2
-    workers, their lines land in the job's log, and rank 0 writes the outputs."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_training_rule_runs_on_two_gloo_processes(tmp_path: Path, mode: str) -> None:
+    """`--configfile config/ci.yaml config/ci_ddp.yaml` (and the same with fsdp): the train
+    rule's job launches 2 workers, their lines land in the job's log, and rank 0 writes the
+    outputs, the gradient-consistency records included."""
     from conftest import copy_workflow, snakemake
 
     root = copy_workflow(tmp_path / "repo")
-    proc = snakemake("--cores", "2", "--configfile", "config/ci.yaml", "config/ci_ddp.yaml",
+    overlay = yaml.safe_load((root / "config/ci_ddp.yaml").read_text())
+    overlay["training"]["distributed"] = mode
+    (root / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    proc = snakemake("--cores", "2", "--configfile", "config/ci.yaml", "overlay.yaml",
                      "--until", "train", "--", DDP_TARGET, cwd=root, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     log = (root / "results/logs/train/llama_tiny/mix/seed0.log").read_text()
-    assert "launching 2 ddp workers" in log and "rank0 crosstrace.train phase mix" in log, log
+    assert f"launching 2 {mode} workers" in log and "rank0 crosstrace.train phase mix" in log, log
     trace = load_trace(root / DDP_TARGET)
     assert set(trace) == {"bio", "qa"}
     assert all(float(t.abs().sum()) > 0 for t in trace["qa"].values())
@@ -464,14 +469,42 @@ def test_training_rule_runs_on_two_gloo_processes(tmp_path: Path) -> None:
     assert not (run / "final.checkpoints").exists()
 
 
-def test_fsdp_with_gradient_consistency_is_refused(world: Path, bases, tmp_path) -> None:
-    run = tmp_path / "run"
-    with pytest.raises(DistributedError, match="fsdp does not record gradient consistency"):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_record_the_same_gradient_consistency(
+    world: Path, bases, tmp_path: Path, mode: str
+) -> None:
+    """The consistency records (step shares and probe gradients, every slice) of 2 ranks
+    equal one process's: under FSDP the step shares are gathered from the shards and the
+    probes run on rank 0's unsharded copy of the weights."""
+    import pandas as pd
+
+    frames = {}
+    for layout in ("none", mode):
+        run = tmp_path / layout
         train_run(bases["llama"], run / "final", run / "t.safetensors", run / "l.parquet",
-                  phase="mix", data_dir=world, consistency={"every": 5, "probe_people": 2},
-                  consistency_out=run / "c.parquet",
-                  training={**SGD, "distributed": "fsdp", "nproc": 2}, progress=False)  # fmt: skip
-    assert not run.exists()
+                  phase="mix", data_dir=world, consistency={"every": 2, "probe_people": 2},
+                  consistency_out=run / "c.parquet", progress=False,
+                  training={**SGD, "distributed": layout,
+                            "nproc": 1 if layout == "none" else 2})  # fmt: skip
+        frames[layout] = pd.read_parquet(run / "c.parquet")
+    one, two = frames["none"], frames[mode]
+    key = ["step", "phase", "source", "param", "layer", "module", "head", "n_elements"]
+    assert len(one) == len(two) > 0
+    pd.testing.assert_frame_equal(one[key], two[key])
+    assert set(one["source"]) == {"step", "probe_id", "probe_ood"}
+    # dot and squared norms: sums of the same products in another order, over gradients of
+    # weights that differ by float rounding only. The scale is each slice's |g_bio|·|g_qa|.
+    scale = np.sqrt(one["norm_bio"] * one["norm_qa"]).to_numpy()
+    for col in ("dot", "norm_bio", "norm_qa"):
+        diff = np.abs(two[col].to_numpy() - one[col].to_numpy())
+        ref = scale if col == "dot" else one[col].to_numpy()
+        assert np.all(diff <= 1e-4 * ref + 1e-12), (col, float(np.max(diff / (ref + 1e-12))))
+    # a wrong share (one rank's half of the step) would move the step records by far more
+    step = one["source"] == "step"
+    assert float(one.loc[step, "norm_qa"].sum()) > 0
+    # sign agreement: only elements whose gradient is ~0 may flip
+    flips = np.abs(two["n_sign_agree"].to_numpy() - one["n_sign_agree"].to_numpy())
+    assert np.all(flips <= 0.01 * one["n_elements"].to_numpy() + 1)
 
 
 def test_processes_started_by_torchrun_join_directly(tmp_path: Path, world: Path, bases) -> None:

@@ -179,6 +179,18 @@ def probe_rows(
     return out
 
 
+def records_every(every: int) -> int:
+    """``analysis.consistency_every``, checked."""
+    if every < 1:
+        raise ConfigError(f"analysis.consistency_every must be >= 1, got {every}")
+    return every
+
+
+def records_at(step: int, every: int) -> bool:
+    """Record at step 0 and every ``every`` steps (0-based optimizer steps)."""
+    return step % records_every(every) == 0
+
+
 class ConsistencyRecorder:
     """Collects consistency rows during training, every ``every`` optimizer steps."""
 
@@ -192,8 +204,7 @@ class ConsistencyRecorder:
         pad_id: int,
         phase: str,
     ) -> None:
-        if every < 1:
-            raise ConfigError(f"analysis.consistency_every must be >= 1, got {every}")
+        records_every(every)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -201,10 +212,6 @@ class ConsistencyRecorder:
         self.every, self.probes, self.pad_id, self.phase = every, probes, pad_id, phase
         self.model = model
         self.rows: list[tuple] = []
-
-    def due(self, step: int) -> bool:
-        """Record at step 0 and every ``every`` steps (0-based optimizer steps)."""
-        return step % self.every == 0
 
     def record_probes(self, step: int) -> None:
         if self.probes is None:

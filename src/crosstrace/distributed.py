@@ -241,6 +241,32 @@ def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return out.to_local()
 
 
+def whole_from_shards(
+    shards: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
+) -> list[torch.Tensor] | None:
+    """Whole CPU tensors from this rank's ``shards`` (each cut like its entry of ``params``),
+    gathered one tensor at a time so no rank holds two whole copies. A collective under FSDP:
+    every rank calls it, rank 0 gets the list, the others None. Unsharded: the tensors on the
+    CPU, on every rank."""
+    if not any(is_sharded(p) for p in params):
+        return [s.detach().cpu() for s in shards]
+    from torch.distributed.tensor import DTensor
+
+    main = current().is_main
+    out = []
+    for shard, param in zip(shards, params, strict=True):
+        whole = DTensor.from_local(
+            shard.to(local(param).device),
+            param.device_mesh,
+            param.placements,
+            shape=param.shape,
+            stride=param.stride(),
+        ).full_tensor()
+        if main:
+            out.append(whole.cpu())
+    return out if main else None
+
+
 def full_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -123,23 +123,12 @@ class GradientTrace:
         only rank 0 gets the result; the others get None."""
         if not any(distributed.is_sharded(p) for p in self.params):
             return self.state()
-        from torch.distributed.tensor import DTensor
-
-        main = distributed.current().is_main
-        out: dict[str, dict[str, torch.Tensor]] = {task: {} for task in self.delta}
+        out: dict[str, dict[str, torch.Tensor]] = {}
         for task, accs in self.delta.items():
-            for name, param, acc in zip(self.names, self.params, accs, strict=True):
-                shard = DTensor.from_local(
-                    acc.to(distributed.local(param).device),
-                    param.device_mesh,
-                    param.placements,
-                    shape=param.shape,
-                    stride=param.stride(),
-                )
-                whole = shard.full_tensor().cpu()
-                if main:
-                    out[task][name] = whole
-        return out if main else None
+            whole = distributed.whole_from_shards(accs, self.params)
+            if whole is not None:
+                out[task] = dict(zip(self.names, whole, strict=True))
+        return out if distributed.current().is_main else None
 
 
 def save_trace(

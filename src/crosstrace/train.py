@@ -38,9 +38,9 @@ from crosstrace.checkpoint import (
     set_rng_state,
 )
 from crosstrace.config import section_defaults
-from crosstrace.consistency import ConsistencyRecorder, build_probes
+from crosstrace.consistency import ConsistencyRecorder, build_probes, records_at, records_every
 from crosstrace.devices import autocast_dtype, resolve_device
-from crosstrace.errors import ConfigError, CrosstraceError, DistributedError, ResumeError
+from crosstrace.errors import ConfigError, CrosstraceError, ResumeError
 from crosstrace.models import bos_id, count_parameters, load_model, save_model
 from crosstrace.param_map import ParamMap
 from crosstrace.trace import GradientTrace, load_trace, save_trace
@@ -373,12 +373,6 @@ def train_run(
     tcfg = trace if isinstance(trace, TraceConfig) else TraceConfig.from_dict(trace or {})
     parallel = cfg.parallel()
     dev = resolve_device(device)
-    if parallel.mode == "fsdp" and consistency is not None:
-        raise DistributedError(
-            "training.distributed: fsdp does not record gradient consistency yet (the records "
-            "need whole-tensor gradients, FSDP holds shards); the workflow's training rules "
-            "record it, so use ddp there; fsdp runs through the library or `crosstrace train`"
-        )
     paths = {
         "init_dir": init_dir,
         "out_dir": out_dir,
@@ -491,9 +485,14 @@ def _train_phase(
     recorder = None
     if consistency is not None and (not tcfg.enabled or consistency_out is None):
         raise ConfigError("gradient consistency needs the trace and an output path")
+    if consistency is not None:
+        records_every(int(consistency["every"]))  # on every rank, before any collective
     if consistency is not None and rank.is_main:  # the step's gradients are the same on all
+        # fsdp: the probes need whole weights, so rank 0 keeps an unsharded copy of the model
+        # (one more model's memory on its device), refreshed before each record
+        probe_model = load_model(init_dir, dev)[0] if sharded else model
         recorder = ConsistencyRecorder(
-            model,
+            probe_model,
             ParamMap(model.config),
             every=int(consistency["every"]),
             probes=build_probes(bio_df, qa_df, tokenizer, int(consistency["probe_people"]), bos),
@@ -557,6 +556,24 @@ def _train_phase(
             save_checkpoint(ckpt_root, step, weights=weights, trace=trace_state, state=state)
         distributed.barrier()  # no rank stops or moves on before the checkpoint is complete
 
+    def record_probes(step: int) -> None:
+        """Probe gradients at the current weights (every rank calls it)."""
+        if sharded:  # whole weights into rank 0's unsharded copy (a collective)
+            whole = distributed.full_state(model, None)[0]
+            if recorder is not None:
+                recorder.model.load_state_dict(whole)
+        if recorder is not None:
+            recorder.record_probes(step)
+
+    def record_step(step: int, g_bio: list[torch.Tensor], g_qa: list[torch.Tensor]) -> None:
+        """The step's BIO and QA gradient shares (every rank calls it)."""
+        if sharded:  # each rank holds its shard of both shares: whole tensors on rank 0
+            params = tracer.params if tracer is not None else []
+            g_bio = distributed.whole_from_shards(g_bio, params)
+            g_qa = distributed.whole_from_shards(g_qa, params)
+        if recorder is not None:
+            recorder.record_step(step, g_bio, g_qa)
+
     pad_id = tokenizer.pad_token_id
     log.info(
         "phase %s: %d steps (%d per epoch), %d parameters, device %s",
@@ -591,9 +608,9 @@ def _train_phase(
                 )
                 lr = scheduler.get_last_lr()[0]
                 on_grads = None
-                if recorder is not None and recorder.due(step):
-                    recorder.record_probes(step)
-                    on_grads = functools.partial(recorder.record_step, step)
+                if consistency is not None and records_at(step, int(consistency["every"])):
+                    record_probes(step)
+                    on_grads = functools.partial(record_step, step)
                 losses = optimizer_step(
                     model,
                     batches,
@@ -663,8 +680,8 @@ def _train_phase(
     finally:
         bar.close()
 
-    if recorder is not None:
-        recorder.record_probes(end)  # the final weights
+    if consistency is not None:
+        record_probes(end)  # the final weights
     model.eval()
     result = {"steps": end, "parameters": count_parameters(model), "resumed_from": start}
     weights = distributed.full_state(model, None)[0] if sharded else None
