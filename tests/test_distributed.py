@@ -323,9 +323,9 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigterm_to_all_ranks_resumes_exactly(tmp_path: Path, world: Path, bases, mode) -> None:
-    """SIGTERM to the launcher and both workers: all stop at one step, rank 0 checkpoints
-    (FSDP: gathered to whole tensors), exit 75; the rerun resumes and ends bitwise equal to
-    an uninterrupted run on the same 2 ranks."""
+    """SIGTERM to the launcher and both workers: all stop at one step and checkpoint (DDP:
+    rank 0 writes whole tensors; FSDP2: each rank writes its shards), exit 75; the rerun
+    resumes and ends bitwise equal to an uninterrupted run on the same 2 ranks."""
     base, resume_root = bases["llama"], write_resume_config(tmp_path, mode)
     ref = resume_root / "reference"
     done = subprocess.run(_cmd(resume_root, world, base, ref), capture_output=True, text=True,
@@ -351,6 +351,13 @@ def test_sigterm_to_all_ranks_resumes_exactly(tmp_path: Path, world: Path, bases
     assert not (run / "final").exists() and not (run / "trace.safetensors").exists()
     stopped = latest_checkpoint(ckpt)
     assert stopped is not None
+    # FSDP2: every rank wrote its shards (torch.distributed.checkpoint), nothing was gathered
+    sharded = (stopped / "sharded").is_dir()
+    assert sharded == (mode == "fsdp")
+    assert (stopped / "model.safetensors").is_file() == (mode == "ddp")
+    if sharded:
+        assert (stopped / "sharded/.metadata").is_file()
+        assert len(list((stopped / "sharded").glob("*.distcp"))) == 2  # one file per rank
 
     again = subprocess.run(_cmd(resume_root, world, base, run), capture_output=True, text=True,
                            env=_env(), timeout=600, check=False)  # fmt: skip

@@ -267,6 +267,78 @@ def whole_from_shards(
     return out if main else None
 
 
+def _sharded_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trace: dict[str, list[torch.Tensor]] | None,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+) -> dict[str, Any]:
+    """Model, optimizer and trace as DTensors for torch.distributed.checkpoint (each rank's
+    trace accumulators wrapped, without a copy, as shards cut like their parameters)."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+    from torch.distributed.tensor import DTensor
+
+    state: dict[str, Any] = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    if trace is not None:
+        state["trace"] = {
+            task: {
+                name: DTensor.from_local(
+                    acc, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
+                )
+                for name, p, acc in zip(names, params, accs, strict=True)
+            }
+            for task, accs in trace.items()
+        }
+    return state
+
+
+def save_sharded(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trace: dict[str, list[torch.Tensor]] | None,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+) -> None:
+    """Every rank writes its shards of the model, the optimizer state and the trace into
+    ``folder`` (torch.distributed.checkpoint; a collective). No rank gathers a whole tensor."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_sharded_state(model, optimizer, trace, names, params), checkpoint_id=folder)
+
+
+def load_sharded(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trace: dict[str, list[torch.Tensor]] | None,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+) -> None:
+    """The inverse of :func:`save_sharded`: each rank reads its shards in place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = _sharded_state(model, optimizer, trace, names, params)
+    dcp.load(state, checkpoint_id=folder)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    if trace is not None:
+        for task, accs in trace.items():
+            for name, acc in zip(names, accs, strict=True):
+                acc.copy_(state["trace"][task][name].to_local())
+
+
 def full_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

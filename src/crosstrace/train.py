@@ -31,10 +31,14 @@ from crosstrace import distributed
 from crosstrace.atomic import atomic_file
 from crosstrace.batches import IGNORE, MicroBatch, StepPlan, pack, training_examples
 from crosstrace.checkpoint import (
+    SHARDED,
+    is_sharded_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    load_state,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
     set_rng_state,
 )
 from crosstrace.config import section_defaults
@@ -510,8 +514,11 @@ def _train_phase(
 
     start, rows = 0, []
     found = latest_checkpoint(ckpt_root)
+    trace_args = (
+        (tracer.delta, tracer.names, tracer.params) if tracer is not None else (None, [], [])
+    )
     if found is not None:
-        weights, acc, state = load_checkpoint(found)
+        state = load_state(found)
         if state.get("fingerprint") != fingerprint:
             log.warning("ignoring checkpoint %s: written with other settings", found)
             distributed.barrier()  # every rank has read it before rank 0 removes it
@@ -519,9 +526,14 @@ def _train_phase(
                 shutil.rmtree(ckpt_root, ignore_errors=True)
         else:
             _check_same_layout(found, state, cfg, rank)
-            if sharded:  # whole tensors in the checkpoint; each rank keeps its shard
+            acc = None
+            if sharded and is_sharded_checkpoint(found):  # each rank reads its shards
+                distributed.load_sharded(found / SHARDED, model, optimizer, *trace_args)
+            elif sharded:  # whole tensors (written before sharded checkpoints); cut to shards
+                weights, acc, _ = load_checkpoint(found)
                 distributed.load_full_state(model, optimizer, weights, state["optimizer"])
             else:
+                weights, acc, _ = load_checkpoint(found)
                 model.load_state_dict(weights)
                 optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -537,13 +549,8 @@ def _train_phase(
             log.info("resumed from %s (step %d of %d)", found, start, plan.total_steps)
 
     def checkpoint(step: int) -> None:
-        weights, optimizer_state = model.state_dict(), None
-        if sharded:  # gathered to whole tensors on the CPU (every rank takes part)
-            weights, optimizer_state = distributed.full_state(model, optimizer)
-        trace_state = tracer.full_state() if tracer is not None else None
         state = {
             "step": step,
-            "optimizer": optimizer_state or optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "log": rows,
@@ -552,8 +559,26 @@ def _train_phase(
             "world_size": rank.world_size,
             "distributed": cfg.distributed,
         }
+        if sharded:  # every rank writes its shards; no whole tensor is gathered
+            write = functools.partial(
+                distributed.save_sharded, model=model, optimizer=optimizer,
+                trace=trace_args[0], names=trace_args[1], params=trace_args[2],
+            )  # fmt: skip
+            save_sharded_checkpoint(
+                ckpt_root,
+                step,
+                write_shards=write,
+                state=state,
+                is_main=rank.is_main,
+                barrier=distributed.barrier,
+            )
+            return
+        state["optimizer"] = optimizer.state_dict()
         if rank.is_main:
-            save_checkpoint(ckpt_root, step, weights=weights, trace=trace_state, state=state)
+            trace_state = tracer.full_state() if tracer is not None else None
+            save_checkpoint(
+                ckpt_root, step, weights=model.state_dict(), trace=trace_state, state=state
+            )
         distributed.barrier()  # no rank stops or moves on before the checkpoint is complete
 
     def record_probes(step: int) -> None:
