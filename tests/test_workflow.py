@@ -161,6 +161,8 @@ def test_schema_fills_defaults(tmp_path):
         ["config/paper.yaml"],
         ["config/paper.yaml", "config/paper_multi5_permute.yaml"],
         ["config/seeds.yaml"],
+        ["config/bios_single.yaml"],
+        ["config/bios_single.yaml", "config/seeds.yaml"],
     ],
 )
 def test_shipped_configs_are_valid(scratch, configfiles):
