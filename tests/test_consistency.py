@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crosstrace.batches import StepPlan, training_examples
-from crosstrace.consistency import ConsistencyRecorder, Slicer, build_probes, probe_people
+from crosstrace.consistency import Slicer, build_probes, probe_people, records_at, records_every
 from crosstrace.errors import ConfigError
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.param_map import ParamMap
@@ -183,8 +183,9 @@ def test_token_dependence_changes_only_the_masked_token(base, world):
     assert got == pytest.approx(want, abs=1e-5)
 
 
-def test_consistency_every_must_be_positive(base):
-    model, _ = load_model(base)
+def test_consistency_every_must_be_positive():
     with pytest.raises(ConfigError, match="consistency_every must be >= 1"):
-        ConsistencyRecorder(model, ParamMap(model.config), every=0, probes=None, pad_id=0,
-                            phase="mix")  # fmt: skip
+        records_every(0)
+    with pytest.raises(ConfigError, match="consistency_every must be >= 1"):
+        records_at(5, 0)
+    assert [s for s in range(7) if records_at(s, 3)] == [0, 3, 6]

@@ -192,24 +192,22 @@ def records_at(step: int, every: int) -> bool:
 
 
 class ConsistencyRecorder:
-    """Collects consistency rows during training, every ``every`` optimizer steps."""
+    """Collects consistency rows during training; the caller records at ``records_at`` steps."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         pmap: ParamMap,
         *,
-        every: int,
         probes: Probes | None,
         pad_id: int,
         phase: str,
     ) -> None:
-        records_every(every)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.slicer = Slicer.of(pmap, [(n, tuple(p.shape)) for n, p in named])
-        self.every, self.probes, self.pad_id, self.phase = every, probes, pad_id, phase
+        self.probes, self.pad_id, self.phase = probes, pad_id, phase
         self.model = model
         self.rows: list[tuple] = []
 

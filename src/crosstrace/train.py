@@ -498,7 +498,6 @@ def _train_phase(
         recorder = ConsistencyRecorder(
             probe_model,
             ParamMap(model.config),
-            every=int(consistency["every"]),
             probes=build_probes(bio_df, qa_df, tokenizer, int(consistency["probe_people"]), bos),
             pad_id=tokenizer.pad_token_id,
             phase=phase,
