@@ -21,12 +21,15 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
-from crosstrace.consistency import ConsistencyRecorder, build_probes
+from crosstrace.consistency import ConsistencyRecorder
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.models import bos_id, build_base, load_model
+from crosstrace.optim import build_optimizer
 from crosstrace.param_map import ParamMap
+from crosstrace.probes import build_probes
+from crosstrace.step import optimizer_step
 from crosstrace.trace import GradientTrace
-from crosstrace.train import TrainingConfig, build_optimizer, optimizer_step
+from crosstrace.training_config import TrainingConfig
 from crosstrace.world import read_bio, read_qa, synthesize_world
 
 LLAMA_1B = dict(

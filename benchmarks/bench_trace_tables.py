@@ -114,7 +114,8 @@ RANK_CHILD = (
     + """
 import json, sys, time
 from crosstrace.config import section_defaults
-from crosstrace.rank import RankSettings, Run, rank_run
+from crosstrace.rank import RankSettings, rank_run
+from crosstrace.runs import Run
 trace, model, out, defs = sys.argv[1:5]
 settings = RankSettings(k_percent=[0.1, 1, 5],
                         rank_modules=section_defaults("analysis")["rank_modules"],
@@ -134,7 +135,8 @@ DUCKDB_CHILD = (
 import json, sys, time
 from crosstrace.database import RunFiles, build_database, connect, shared_by_head_query
 from crosstrace.config import section_defaults
-from crosstrace.rank import RankSettings, Run
+from crosstrace.rank import RankSettings
+from crosstrace.runs import Run
 root, out, db, tables, mem, defs = sys.argv[1:7]
 settings = RankSettings(k_percent=[0.1, 1, 5],
                         rank_modules=section_defaults("analysis")["rank_modules"],

@@ -22,7 +22,9 @@ import yaml
 
 from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
 from crosstrace.models import bos_id, build_base, load_model
-from crosstrace.train import TrainingConfig, build_optimizer, optimizer_step
+from crosstrace.optim import build_optimizer
+from crosstrace.step import optimizer_step
+from crosstrace.training_config import TrainingConfig
 from crosstrace.world import read_bio, read_qa, synthesize_world
 
 

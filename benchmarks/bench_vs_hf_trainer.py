@@ -35,7 +35,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from crosstrace.batches import StepPlan, collate, training_examples
 from crosstrace.models import build_base, load_model
-from crosstrace.train import TrainingConfig, build_optimizer, optimizer_step, warmup_cosine
+from crosstrace.optim import build_optimizer, warmup_cosine
+from crosstrace.step import optimizer_step
+from crosstrace.training_config import TrainingConfig
 from crosstrace.world import read_bio, read_qa, synthesize_world
 
 

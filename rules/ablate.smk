@@ -4,10 +4,10 @@ rule ablate:
         unpack(rank_traces),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
         base=res("models/{model}/seed{seed}/base"),
-        ranking=res("runs/{model}/{strategy}/seed{seed}/ranking.parquet"),
+        ranking=run_file(RANKING_FILES["ranking"]),
         qa=DATA["qa"],
     output:
-        ablation=res("runs/{model}/{strategy}/seed{seed}/ablation.parquet"),
+        ablation=run_file(ABLATION_FILE),
     log:
         res("logs/ablate/{model}/{strategy}/seed{seed}.log"),
     benchmark:

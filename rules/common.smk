@@ -12,6 +12,20 @@ from snakemake.exceptions import WorkflowError
 
 from crosstrace.config import validated
 from crosstrace.errors import ConfigError
+from crosstrace.outputs import (
+    ABLATION_FILE,
+    CONSISTENCY_FILES,
+    FIGURES,
+    FINAL_MODEL_FILES,
+    PREDICTIONS_FILE,
+    RANKING_FILES,
+    REPORT_TABLES,
+    TABLES,
+    TRACE_FILES,
+    TRAIN_LOG_FILE,
+    TRAINING_CONSISTENCY_FILE,
+)
+from crosstrace.training_config import phase_training, trace_section
 
 # The same loader as the `crosstrace` command line: the packaged JSON schema validates the
 # merged config and fills every default (a null model entry drops a model of an earlier file).
@@ -23,54 +37,6 @@ except ConfigError as exc:
 MODELS = sorted(config["models"])
 STRATEGIES = list(config["strategies"])
 SEEDS = [int(s) for s in config["seeds"]]
-FIGURES = [
-    "accuracy",
-    "shared_by_layer_module",
-    "shared_head_heatmap",
-    "overlap_vs_k",
-    "concentration",
-    "ablation",
-    "consistency_vs_step",
-    "consistency_by_set",
-    "representation",
-    "token_dependence",
-]
-TABLES = [
-    "accuracy",
-    "ranking",
-    "shared_counts",
-    "overlap",
-    "concentration",
-    "ablation",
-    "ablation_draws",
-    "definition_agreement",
-    "accuracy_summary",
-    "overlap_summary",
-    "concentration_summary",
-    "ablation_summary",
-    "consistency",
-    "consistency_by_module",
-    "consistency_by_set",
-    "representation",
-    "token_dependence",
-    "consistency_summary",
-    "consistency_by_set_summary",
-    "representation_summary",
-    "token_dependence_summary",
-]
-
-
-REPORT_TABLES = [
-    "accuracy_summary",
-    "overlap",
-    "overlap_summary",
-    "ablation_summary",
-    "concentration_summary",
-    "definition_agreement",
-    "consistency_by_set_summary",
-    "representation_summary",
-    "token_dependence_summary",
-]
 
 
 wildcard_constraints:
@@ -87,41 +53,10 @@ def res(path):
 
 # ---- params: only the config values a job depends on -----------------------------------
 
-# Training keys that matter to every phase; the rest is phase-specific, so that changing
-# `qa_epochs` re-runs only the QA stage, not the shared BIO stage or the mixed runs.
-_TRAINING_COMMON = [
-    "optimizer",
-    "lr",
-    "min_lr_ratio",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "batch_size",
-    "grad_accum",
-    "checkpoint_every",
-    "pack",
-    "pack_length",
-]
-_TRAINING_PHASE = {
-    "bio": ["bio_epochs"],
-    "qa": ["qa_epochs"],
-    "mix": ["mix_epochs", "qa_ratio", "qa_loss_weight"],
-}
-
-
-# How many processes train, not what they compute: passed only when they differ from one
-# process, so that runs trained before these keys existed keep their recorded params.
-_TRAINING_LAYOUT = {"distributed": "none", "nproc": 1}
-
 
 def training_params(phase):
     """The `training` config keys used by one phase (bio | qa | mix)."""
-    keys = _TRAINING_COMMON + _TRAINING_PHASE[phase]
-    params = {k: config["training"][k] for k in keys}
-    layout = {k: config["training"][k] for k in _TRAINING_LAYOUT}
-    if layout != _TRAINING_LAYOUT:
-        params.update(layout)
-    return params
+    return phase_training(config["training"], phase)
 
 
 def training_gpus():
@@ -131,7 +66,7 @@ def training_gpus():
 
 def trace_params():
     """The `trace` keys training uses (dump_top_percent belongs to the dump)."""
-    return {k: config["trace"][k] for k in ("enabled", "offload_cpu")}
+    return trace_section(config["trace"])
 
 
 def consistency_params():
@@ -143,7 +78,7 @@ def consistency_params():
 def train_init_consistency(wildcards):
     """The BIO stage's consistency rows a stage run continues; None for mix."""
     if wildcards.strategy == "stage":
-        return os.path.join(train_init(wildcards), "consistency.parquet")
+        return os.path.join(train_init(wildcards), TRAINING_CONSISTENCY_FILE)
     return None
 
 
@@ -190,6 +125,11 @@ def run_dir(model, strategy, seed):
     return res(f"runs/{model}/{strategy}/seed{seed}")
 
 
+def run_file(name):
+    """A file of the run folder, with the {model}/{strategy}/{seed} wildcards."""
+    return os.path.join(run_dir("{model}", "{strategy}", "{seed}"), name)
+
+
 def train_init(wildcards):
     """stage: start from the BIO checkpoint (and its trace); mix: start from θ0 of the seed."""
     if wildcards.strategy == "stage":
@@ -200,7 +140,7 @@ def train_init(wildcards):
 def train_init_trace(wildcards):
     """The BIO-stage trace a stage run continues; None for mix."""
     if wildcards.strategy == "stage":
-        return os.path.join(train_init(wildcards), "trace.safetensors")
+        return os.path.join(train_init(wildcards), TRACE_FILES["trajectory"])
     return None
 
 
@@ -214,7 +154,7 @@ def all_runs():
 
 
 def all_predictions():
-    return [os.path.join(run_dir(*run), "predictions.parquet") for run in all_runs()]
+    return [os.path.join(run_dir(*run), PREDICTIONS_FILE) for run in all_runs()]
 
 
 def all_trace_dumps():
@@ -224,17 +164,11 @@ def all_trace_dumps():
     ]
 
 
-TRACE_OF_DEFINITION = {
-    "trajectory": "trace.safetensors",
-    "endpoint": "endpoint_trace.safetensors",
-}
-
-
 def rank_traces(wildcards):
     """{definition: trace file} of one run, for the definitions the config ranks."""
     folder = run_dir(wildcards.model, wildcards.strategy, wildcards.seed)
     return {
-        d: os.path.join(folder, TRACE_OF_DEFINITION[d])
+        d: os.path.join(folder, TRACE_FILES[d])
         for d in config["analysis"]["definitions"]
     }
 
@@ -242,10 +176,18 @@ def rank_traces(wildcards):
 def ranking_files(model, strategy, seed):
     """The ranking stage's three outputs of one run (wildcard strings allowed)."""
     folder = run_dir(model, strategy, seed)
+    return {what: os.path.join(folder, name) for what, name in RANKING_FILES.items()}
+
+
+def run_files(model, strategy, seed):
+    """Every input the database reads of one run, by crosstrace.database.RunFiles field."""
+    folder = run_dir(model, strategy, seed)
     return {
-        "ranking": os.path.join(folder, "ranking.parquet"),
-        "cells": os.path.join(folder, "ranking_cells.parquet"),
-        "agreement": os.path.join(folder, "ranking_agreement.parquet"),
+        "run": {"model": model, "strategy": strategy, "seed": seed},
+        "predictions": os.path.join(folder, PREDICTIONS_FILE),
+        **ranking_files(model, strategy, seed),
+        "ablation": os.path.join(folder, ABLATION_FILE),
+        **consistency_files(model, strategy, seed),
     }
 
 
@@ -253,10 +195,7 @@ def consistency_files(model, strategy, seed):
     """A run's gradient-consistency and θT-analysis outputs, by RunFiles field."""
     folder = run_dir(model, strategy, seed)
     return {
-        "consistency": os.path.join(folder, "consistency.parquet"),
-        "by_set": os.path.join(folder, "consistency_by_set.parquet"),
-        "representation": os.path.join(folder, "representation.parquet"),
-        "token_dependence": os.path.join(folder, "token_dependence.parquet"),
+        what: os.path.join(folder, name) for what, name in CONSISTENCY_FILES.items()
     }
 
 
@@ -269,7 +208,7 @@ def all_ranking_files():
 
 
 def all_ablations():
-    return [os.path.join(run_dir(*run), "ablation.parquet") for run in all_runs()]
+    return [os.path.join(run_dir(*run), ABLATION_FILE) for run in all_runs()]
 
 
 def all_tables():

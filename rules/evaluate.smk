@@ -6,7 +6,7 @@ rule evaluate:
         qa=DATA["qa"],
         bio=DATA["bio"],
     output:
-        predictions=res("runs/{model}/{strategy}/seed{seed}/predictions.parquet"),
+        predictions=run_file(PREDICTIONS_FILE),
     log:
         res("logs/evaluate/{model}/{strategy}/seed{seed}.log"),
     benchmark:

@@ -4,7 +4,7 @@ rule endpoint_trace:
         **DATA,
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
-        trace=res("runs/{model}/{strategy}/seed{seed}/endpoint_trace.safetensors"),
+        trace=run_file(TRACE_FILES["endpoint"]),
     log:
         res("logs/endpoint_trace/{model}/{strategy}/seed{seed}.log"),
     benchmark:

@@ -37,4 +37,4 @@ rule report_tables:
     params:
         names=REPORT_TABLES,
     script:
-        "../workflow/scripts/report_tables.py"
+        "../workflow/scripts/report.py"

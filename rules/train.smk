@@ -31,11 +31,13 @@ rule train_bio:
         trace=trace_params(),
         device=config["device"],
         init_trace=None,
-        trace_out=lambda wc, output: os.path.join(output.model, "trace.safetensors"),
-        log_out=lambda wc, output: os.path.join(output.model, "train_log.parquet"),
+        trace_out=lambda wc, output: os.path.join(
+            output.model, TRACE_FILES["trajectory"]
+        ),
+        log_out=lambda wc, output: os.path.join(output.model, TRAIN_LOG_FILE),
         consistency=consistency_params(),
         consistency_out=lambda wc, output: os.path.join(
-            output.model, "consistency.parquet"
+            output.model, TRAINING_CONSISTENCY_FILE
         ),
         init_consistency=None,
     script:
@@ -49,9 +51,9 @@ rule train:
         init=train_init,
     output:
         model=directory(res("runs/{model}/{strategy}/seed{seed}/final")),
-        trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
-        train_log=res("runs/{model}/{strategy}/seed{seed}/train_log.parquet"),
-        consistency=res("runs/{model}/{strategy}/seed{seed}/consistency.parquet"),
+        trace=run_file(TRACE_FILES["trajectory"]),
+        train_log=run_file(TRAIN_LOG_FILE),
+        consistency=run_file(TRAINING_CONSISTENCY_FILE),
     log:
         res("logs/train/{model}/{strategy}/seed{seed}.log"),
     benchmark:

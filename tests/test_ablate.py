@@ -12,20 +12,26 @@ import torch
 from test_rank import net, random_trace
 
 from crosstrace.ablate import (
-    Population,
     ablate_run,
     condition_masks,
     question_sample,
     reset_parameters,
-    strata_ids,
-    stratified_draw,
 )
 from crosstrace.config import section_defaults
 from crosstrace.evaluate import predict
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.param_map import MODULE_CODE, NO_HEAD, NO_NEURON, ParamMap
-from crosstrace.rank import RankSettings, Run, TraceDict, rank_run, rank_traces
+from crosstrace.rank import (
+    Population,
+    RankSettings,
+    rank_run,
+    rank_traces,
+    strata_ids,
+    stratified_draw,
+)
+from crosstrace.runs import Run
 from crosstrace.scoring import qa_exact_match, qa_examples
+from crosstrace.tracefile import TraceDict
 from crosstrace.train import train_run
 from crosstrace.world import read_qa, synthesize_world
 

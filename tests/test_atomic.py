@@ -11,10 +11,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import crosstrace.dump
-import crosstrace.trace
+import crosstrace.tracefile
 from crosstrace.atomic import atomic_dir, atomic_file
 from crosstrace.dump import dump_trace
-from crosstrace.trace import load_trace, save_trace
+from crosstrace.tracefile import load_trace, save_trace
 
 
 class Crash(Exception):
@@ -166,7 +166,7 @@ def test_save_trace_crash_leaves_no_file(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")  # a torn header
         raise Crash("killed mid-write")
 
-    monkeypatch.setattr(crosstrace.trace, "save_file", half_then_crash)
+    monkeypatch.setattr(crosstrace.tracefile, "save_file", half_then_crash)
     with pytest.raises(Crash):
         save_trace(path, {"bio": {"w": torch.ones(3)}, "qa": {"w": torch.ones(3)}})
     assert list(tmp_path.iterdir()) == []
@@ -179,7 +179,7 @@ def test_save_trace_crash_keeps_the_previous_trace(tmp_path, monkeypatch):
     def crash(*_args, **_kwargs):
         raise Crash
 
-    monkeypatch.setattr(crosstrace.trace, "save_file", crash)
+    monkeypatch.setattr(crosstrace.tracefile, "save_file", crash)
     with pytest.raises(Crash):
         save_trace(path, {"bio": {"w": torch.full((3,), 7.0)}, "qa": {"w": torch.ones(3)}})
     assert torch.equal(load_trace(path)["bio"]["w"], torch.ones(3))

@@ -23,7 +23,7 @@ from crosstrace import cli
 from crosstrace.dump import dump_trace
 from crosstrace.errors import CrosstraceError, InputDataError
 from crosstrace.models import build_base
-from crosstrace.trace import load_trace, save_trace
+from crosstrace.tracefile import load_trace, save_trace
 from crosstrace.train import train_run
 from crosstrace.world import read_bio, read_qa, synthesize_world
 

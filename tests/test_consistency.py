@@ -11,18 +11,21 @@ import pytest
 import torch
 
 from crosstrace.batches import StepPlan, training_examples
-from crosstrace.consistency import Slicer, build_probes, probe_people, records_at, records_every
+from crosstrace.consistency import Slicer, records_at, records_every
 from crosstrace.errors import ConfigError
+from crosstrace.loss import supervised_loss_sum, task_coefficients
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.param_map import ParamMap
+from crosstrace.probes import build_probes, probe_people
 from crosstrace.representation import (
     answer_logprob,
     last_token_states,
     representation_tables,
     token_dependence,
 )
+from crosstrace.step import optimizer_step
 from crosstrace.trace import GradientTrace
-from crosstrace.train import optimizer_step, supervised_loss_sum, task_coefficients, train_run
+from crosstrace.train import train_run
 from crosstrace.world import read_bio, read_people, read_qa, synthesize_world
 
 TINY = {"arch": "llama", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2,

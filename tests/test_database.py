@@ -15,7 +15,8 @@ from crosstrace.config import section_defaults
 from crosstrace.database import TABLES, RunFiles, build_database, connect, shared_by_head_query
 from crosstrace.dump import dump_trace
 from crosstrace.errors import InputDataError
-from crosstrace.rank import RankSettings, Run, rank_run
+from crosstrace.rank import RankSettings, rank_run
+from crosstrace.runs import Run
 
 DEFAULT_RANK_MODULES = tuple(section_defaults("analysis")["rank_modules"])
 

@@ -23,10 +23,18 @@ from safetensors.torch import load_file
 from crosstrace import distributed
 from crosstrace.batches import Examples, StepPlan
 from crosstrace.checkpoint import latest_checkpoint
-from crosstrace.errors import ConfigError, CrosstraceError, DistributedError, ResumeError
+from crosstrace.errors import (
+    EXIT_PREEMPTED,
+    ConfigError,
+    CrosstraceError,
+    DistributedError,
+    Preempted,
+    ResumeError,
+)
 from crosstrace.models import build_base
-from crosstrace.trace import load_trace
-from crosstrace.train import EXIT_PREEMPTED, Preempted, TrainingConfig, train_run
+from crosstrace.tracefile import load_trace
+from crosstrace.train import train_run
+from crosstrace.training_config import TrainingConfig
 from crosstrace.world import synthesize_world
 
 EPS32 = float(torch.finfo(torch.float32).eps)
@@ -547,7 +555,7 @@ def test_fsdp_bf16_policy_gathers_bf16_and_keeps_fp32_shards_and_grads(tmp_path,
     import torch.distributed as dist
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from crosstrace.train import SupervisedLoss
+    from crosstrace.loss import SupervisedLoss
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))

@@ -19,14 +19,14 @@ from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.param_map import MODULES, NO_HEAD, NO_NEURON, ParamMap
 from crosstrace.rank import (
     RankSettings,
-    Run,
-    TraceDict,
     check_ranking_file,
     kth_largest,
     rank_run,
     rank_traces,
     topk_size,
 )
+from crosstrace.runs import Run
+from crosstrace.tracefile import TraceDict
 
 DEFAULT_RANK_MODULES = tuple(section_defaults("analysis")["rank_modules"])
 

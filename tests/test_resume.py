@@ -18,9 +18,9 @@ import yaml
 from safetensors.torch import load_file
 
 from crosstrace.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from crosstrace.errors import EXIT_PREEMPTED
 from crosstrace.models import build_base
-from crosstrace.trace import load_trace
-from crosstrace.train import EXIT_PREEMPTED
+from crosstrace.tracefile import load_trace
 from crosstrace.world import synthesize_world
 
 CONFIG = {

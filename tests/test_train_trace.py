@@ -13,8 +13,11 @@ from safetensors.torch import load_file
 from crosstrace.batches import IGNORE, StepPlan, training_examples
 from crosstrace.errors import ConfigError
 from crosstrace.models import bos_id, build_base, load_model
-from crosstrace.trace import load_trace
-from crosstrace.train import TrainingConfig, optimizer_step, train_run, warmup_cosine
+from crosstrace.optim import warmup_cosine
+from crosstrace.step import optimizer_step
+from crosstrace.tracefile import load_trace
+from crosstrace.train import train_run
+from crosstrace.training_config import TrainingConfig
 from crosstrace.world import read_bio, read_qa, synthesize_world
 
 TINY = {

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
 
+from crosstrace.outputs import FIGURES
+
 GPU_RULES = {"train_bio", "train", "evaluate", "ablate", "endpoint_trace", "consistency"}
 TRAINING_RULES = {"train_bio", "train"}
 
@@ -391,18 +393,7 @@ def test_report_gathers_every_figure_with_its_caption(ci_run):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "ERROR" not in proc.stdout, proc.stdout[-3000:]  # docutils errors in captions
     html = (ci_run / "results/report.html").read_text()
-    for stem in (
-        "accuracy",
-        "shared_by_layer_module",
-        "shared_head_heatmap",
-        "overlap_vs_k",
-        "concentration",
-        "ablation",
-        "consistency_vs_step",
-        "consistency_by_set",
-        "representation",
-        "token_dependence",
-    ):
+    for stem in FIGURES:
         assert f"{stem}.png" in html, stem
         caption = (REPO / f"workflow/report/{stem}.rst").read_text().split()[0]
         assert caption in html, stem

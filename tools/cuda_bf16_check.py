@@ -18,7 +18,7 @@ import yaml
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.evaluate import evaluate_run
 from crosstrace.models import build_base, load_model
-from crosstrace.trace import load_trace
+from crosstrace.tracefile import load_trace
 from crosstrace.train import train_run
 from crosstrace.world import synthesize_world
 

@@ -7,7 +7,7 @@ the ablated shared set is the counted one. Per definition, scope and k:
 - ``none``: θT itself (n_reset 0).
 - ``shared``: top-k BIO ∩ top-k QA.
 - ``random``: in every stratum (a head slice of a tensor, or the whole tensor; see
-  ``crosstrace.rank.stratum_key``) as many elements as the shared set has there, drawn
+  ``crosstrace.rank.stratum_codes``) as many elements as the shared set has there, drawn
   uniformly among the stratum's ranked elements outside the shared set.
 - ``bio_only`` / ``qa_only``: the top-k of one task minus the shared set, subsampled to the
   shared set's size stratum by stratum (a stratum with fewer such elements gives all it has;
@@ -25,8 +25,7 @@ exact match and costs one forward pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -38,20 +37,19 @@ from crosstrace.atomic import atomic_file
 from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.param_map import ParamMap
 from crosstrace.rank import (
-    TASKS,
+    CONTROLS,
+    Masks,
+    Population,
     RankSettings,
-    Run,
-    TraceFile,
-    TraceSource,
-    member_masks,
-    ranked_tensors,
+    condition_masks,
+    control_seed,
     read_ranking,
 )
+from crosstrace.runs import Run
+from crosstrace.tracefile import TASKS, TraceFile
 
-CONDITIONS = ("none", "shared", "random", "bio_only", "qa_only")
-CONTROLS = ("random", "bio_only", "qa_only")
+CONDITIONS = ("none", "shared", *CONTROLS)
 SPLITS = ("id", "ood")
-Masks = dict[str, np.ndarray]
 
 
 def question_sample(qa: pd.DataFrame, per_split: int | None, seed: int) -> np.ndarray:
@@ -72,95 +70,6 @@ def question_sample(qa: pd.DataFrame, per_split: int | None, seed: int) -> np.nd
             take = min(per_attribute, len(rows))
             chosen.append(np.sort(rng.choice(rows, size=take, replace=False)))
     return np.concatenate(chosen)
-
-
-def strata_ids(pmap: ParamMap, name: str, shape: Sequence[int]) -> np.ndarray:
-    """Per element of one parameter (flat): its stratum inside the parameter, as an integer.
-
-    The stratum is (module, head): a head slice, or the whole module's rows where no head
-    applies (``crosstrace.rank.stratum_key`` with the parameter fixed).
-    """
-    cols = pmap.spec(name, tuple(shape)).columns()
-    return cols["module"].astype(np.int64) * 65536 + (cols["head"].astype(np.int64) + 1)
-
-
-def stratified_draw(
-    quota: Masks,
-    candidates: Masks,
-    strata: Mapping[str, np.ndarray],
-    rng: np.random.Generator,
-) -> Masks:
-    """Per parameter and stratum, draw as many ``candidates`` as ``quota`` holds there.
-
-    Where a stratum has fewer candidates than its quota, all of them are taken.
-    """
-    out: Masks = {}
-    for name, q in quota.items():
-        sid = strata[name]
-        need_ids, need = np.unique(sid[q.reshape(-1)], return_counts=True)
-        chosen = np.zeros(q.size, dtype=bool)
-        cand_idx = np.flatnonzero(candidates[name].reshape(-1))
-        cand_sid = sid[cand_idx]
-        for s, n in zip(need_ids, need, strict=True):
-            pool = cand_idx[cand_sid == s]
-            take = min(int(n), len(pool))
-            if take:
-                chosen[rng.choice(pool, size=take, replace=False)] = True
-        out[name] = chosen.reshape(q.shape)
-    return out
-
-
-@dataclass(frozen=True)
-class Population:
-    """The ranked elements of every parameter (bool masks) and each element's stratum."""
-
-    ranked: Masks
-    strata: dict[str, np.ndarray]
-
-    @classmethod
-    def of(
-        cls, pmap: ParamMap, shapes: Mapping[str, Sequence[int]], settings: RankSettings
-    ) -> Population:
-        ranked: Masks = {}
-        for t in ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params):
-            mask = ranked.setdefault(t.param, np.zeros(tuple(shapes[t.param]), dtype=bool))
-            mask.reshape(t.spec.n_rows, t.spec.n_cols)[t.rows] = True
-        return cls(ranked, {n: strata_ids(pmap, n, shapes[n]) for n in ranked})
-
-
-def condition_masks(
-    source: TraceSource,
-    pmap: ParamMap,
-    ranking: pd.DataFrame,
-    settings: RankSettings,
-    *,
-    definition: str,
-    scope: str,
-    k: float,
-    shapes: Mapping[str, Sequence[int]],
-    draws: int,
-    seed: Sequence[int],
-    population: Population | None = None,
-) -> dict[tuple[str, int], Masks]:
-    """``{(condition, draw): {param: mask}}`` for one ranked set (``none`` has no masks)."""
-    top = member_masks(
-        source, pmap, ranking, settings, definition=definition, scope=scope, k=k, shapes=shapes
-    )
-    pop = population or Population.of(pmap, shapes, settings)
-    params = list(top["bio"])
-    shared = {n: top["bio"][n] & top["qa"][n] for n in params}
-    ranked, strata = pop.ranked, pop.strata
-    candidates = {
-        "random": {n: ranked[n] & ~shared[n] for n in params},
-        "bio_only": {n: top["bio"][n] & ~shared[n] for n in params},
-        "qa_only": {n: top["qa"][n] & ~shared[n] for n in params},
-    }
-    out: dict[tuple[str, int], Masks] = {("none", 0): {}, ("shared", 0): shared}
-    for c, control in enumerate(CONTROLS):
-        for draw in range(draws):
-            rng = np.random.default_rng([*seed, c, draw])
-            out[(control, draw)] = stratified_draw(shared, candidates[control], strata, rng)
-    return out
 
 
 @torch.no_grad()
@@ -238,8 +147,7 @@ def ablate_run(
                 sets = condition_masks(
                     source, pmap, ranking, settings, definition=definition, scope=scope, k=k,
                     shapes=shapes, draws=draws, population=population,
-                    seed=[int(ablation_seed), int(run.seed), round(k * 1e6),
-                          settings.definitions.index(definition), settings.scopes.index(scope)],
+                    seed=control_seed(ablation_seed, run.seed, k, definition, scope, settings),
                 )  # fmt: skip
                 n_target = sum(int(m.sum()) for m in sets[("shared", 0)].values())
                 for (condition, draw), masks in sets.items():

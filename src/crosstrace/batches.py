@@ -22,10 +22,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from crosstrace.errors import ConfigError
+from crosstrace.runs import PHASES
 from crosstrace.world import qa_prompt, qa_target
 
 IGNORE = -100
-PHASES = ("bio", "qa", "mix")
 
 
 @dataclass(frozen=True)

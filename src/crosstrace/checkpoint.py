@@ -11,6 +11,9 @@ folder ``sharded/`` that every rank writes its shards into (:func:`save_sharded_
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import random
 import re
@@ -24,6 +27,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from crosstrace.atomic import atomic_dir
+from crosstrace.errors import ResumeError
+from crosstrace.tracefile import flatten, unflatten
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})$")
 SHARDED = "sharded"  # the torch.distributed.checkpoint folder of an FSDP checkpoint
@@ -65,8 +72,7 @@ def save_checkpoint(
         weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         save_file(weights, str(tmp / "model.safetensors"))
         if trace is not None:
-            flat = {f"{t}/{n}": v.detach().cpu() for t, d in trace.items() for n, v in d.items()}
-            save_file(flat, str(tmp / "trace.safetensors"))
+            save_file(flatten(trace), str(tmp / "trace.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / "COMPLETE").write_text(f"{step}\n")
     for old in list_checkpoints(root)[:-keep]:
@@ -137,8 +143,67 @@ def load_checkpoint(
     weights = load_file(str(path / "model.safetensors"))
     trace = None
     if (path / "trace.safetensors").is_file():
-        trace = {}
-        for key, value in load_file(str(path / "trace.safetensors")).items():
-            task, name = key.split("/", 1)
-            trace.setdefault(task, {})[name] = value
+        trace = unflatten(load_file(str(path / "trace.safetensors")))
     return weights, trace, load_state(path)
+
+
+def fingerprint(**parts: Any) -> str:
+    """A short hash of the settings a checkpoint was written with."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class CheckpointManager:
+    """A training phase's checkpoints: where they live, when one is due, which one resumes.
+
+    ``layout`` is (``training.distributed``, number of processes): exact resume needs the
+    layout a checkpoint was written with, since another number of ranks sums each gradient in
+    another order. A checkpoint of other settings (another ``fingerprint``) is discarded.
+    """
+
+    def __init__(
+        self, root: Path, *, every: int, total: int, fingerprint: str, layout: tuple[str, int]
+    ) -> None:
+        self.root, self.every, self.total = root, every, total
+        self.fingerprint, self.layout = fingerprint, layout
+
+    def due(self, done: int) -> bool:
+        """Whether to write a checkpoint after ``done`` steps (never after the last one)."""
+        return bool(self.every) and done % self.every == 0 and done < self.total
+
+    def state(self, step: int, **parts: Any) -> dict[str, Any]:
+        """The non-tensor part of a checkpoint: ``parts`` and what identifies its settings."""
+        mode, world_size = self.layout
+        return {
+            "step": step,
+            **parts,
+            "fingerprint": self.fingerprint,
+            "world_size": world_size,
+            "distributed": mode,
+        }
+
+    def resumable(self, discard: Callable[[Path], None]) -> tuple[Path, dict[str, Any]] | None:
+        """The newest complete checkpoint of these settings and its state, or None.
+
+        One of other settings is handed to ``discard`` (every rank calls this)."""
+        found = latest_checkpoint(self.root)
+        if found is None:
+            return None
+        state = load_state(found)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring checkpoint %s: written with other settings", found)
+            discard(self.root)
+            return None
+        written = (state.get("distributed", "none"), int(state.get("world_size", 1)))
+        mode, world_size = self.layout
+        if written != (mode, world_size):
+            raise ResumeError(
+                f"checkpoint {found} was written by {written[1]} process(es) "
+                f"(training.distributed: {written[0]}), but this run has {world_size} "
+                f"(distributed: {mode}); exact resume needs the same layout. Set "
+                f"training.distributed: {written[0]} and nproc to match it, or delete "
+                f"{found.parent} to start the phase over."
+            )
+        return found, state
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crosstrace.errors import ConfigError, CrosstraceError
+from crosstrace.errors import EXIT_PREEMPTED, ConfigError, CrosstraceError, Preempted
+from crosstrace.runs import PHASES
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -47,6 +48,7 @@ def _build_base(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
 
 def _train(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     from crosstrace.train import train_run
+    from crosstrace.training_config import trace_section
 
     result = train_run(
         args.init,
@@ -56,7 +58,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         phase=args.phase,
         data_dir=args.data_dir,
         training=cfg["training"],
-        trace={k: cfg["trace"][k] for k in ("enabled", "offload_cpu")},
+        trace=trace_section(cfg["trace"]),
         seed=args.seed,
         device=args.device or cfg["device"],
         init_trace=args.init_trace,
@@ -168,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s = cmd("train", _train, "train one phase (resumes from its newest checkpoint)")
-    s.add_argument("--phase", required=True, choices=("bio", "qa", "mix"))
+    s.add_argument("--phase", required=True, choices=PHASES)
     s.add_argument("--init", required=True, help="model folder to start from")
     s.add_argument("--data-dir", required=True)
     s.add_argument("--out", required=True, help="final model folder")
@@ -198,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
-    from crosstrace.train import EXIT_PREEMPTED, Preempted
-
     try:
         if args.threads:
             import torch

@@ -1,7 +1,8 @@
-"""Gradient consistency between the storage format (BIO) and the query format (QA).
+"""Gradient consistency between the storage format (BIO) and the query format (QA), recorded
+during training.
 
 Per tensor slice (an attention head slice of q/k/v/o, or the whole logical tensor elsewhere;
-the same ``ParamMap`` as the trace tables), a record holds the dot product of the two tasks'
+the strata of ``crosstrace.rank``), a record holds the dot product of the two tasks'
 gradients, their squared norms and how many elements agree in sign, so cosine and sign
 agreement over any union of slices follow by summing:
 
@@ -11,33 +12,32 @@ Sources of the two gradients:
 
 - ``step``: inside a mixed training step, the BIO share and the QA share of the step's raw
   gradient (before clipping), from the trace's task-boundary snapshot.
-- ``probe_id`` / ``probe_ood``: the gradients of each task's mean token loss on fixed probe
-  batches, the bios and the QA pairs of the same people, trained ones (``id``) or held-out
-  ones (``ood``). The probe people are drawn once per world (a fixed seed, independent of the
-  training seed), so both strategies and every seed see the same probe batches. A probe uses
-  ``torch.autograd.grad`` and leaves ``.grad``, the optimiser and every RNG untouched.
+- ``probe_id`` / ``probe_ood``: the gradients of each task's mean token loss on the fixed
+  probe batches of ``crosstrace.probes`` at the current weights.
+
+The same measures restricted to the ranked sets of θT are ``crosstrace.final_model``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
-from crosstrace.batches import Examples, collate, tokenize_bio, tokenize_qa
 from crosstrace.errors import ConfigError
 from crosstrace.param_map import MODULES, NO_HEAD, ParamMap
+from crosstrace.probes import SOURCES as PROBE_SOURCES
+from crosstrace.probes import Probes, probe_gradients
+from crosstrace.rank import stratum_codes
 
-PROBE_SEED = 20250516  # fixed: the probe people depend on the world only
-SOURCES = ("step", "probe_id", "probe_ood")
+SOURCES = ("step", *PROBE_SOURCES)
 COLUMNS = ["step", "phase", "source", "param", "layer", "module", "head", "n_elements",
            "dot", "norm_bio", "norm_qa", "n_sign_agree"]  # fmt: skip
-
-
-# ---- slices ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -54,22 +54,21 @@ class Slicer:
         names, groups = [], []
         for name, shape in named_shapes:
             spec = pmap.spec(name, tuple(shape))
-            if spec.col_head is not None:
-                key = spec.col_head.astype(np.int64)
-                axis = 0
-                module = np.full(len(key), spec.row_module[0], dtype=np.int64)
+            if spec.col_head is not None:  # heads own columns (attn.o): one module
+                axis, head = 0, spec.col_head
+                module = np.full(len(head), spec.row_module[0], dtype=np.int64)
             else:
+                axis = 1
+                module = spec.row_module.astype(np.int64)
                 head = spec.row_head if spec.row_head is not None else np.full(
                     spec.n_rows, NO_HEAD, dtype=np.int16
                 )  # fmt: skip
-                key = spec.row_module.astype(np.int64) * 65536 + (head.astype(np.int64) + 1)
-                axis = 1
-                module = spec.row_module.astype(np.int64)
-                key_head = head.astype(np.int64)
-            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            _, first, inverse = np.unique(
+                stratum_codes(module, head), return_index=True, return_inverse=True
+            )
             labels = []
             for j in first:
-                h = int(key[j]) if axis == 0 else int(key_head[j])
+                h = int(head[j])
                 labels.append((spec.layer, MODULES[int(module[j])], None if h == NO_HEAD else h))
             names.append(name)
             groups.append((axis, inverse.astype(np.int64), labels))
@@ -96,87 +95,6 @@ class Slicer:
                      float(sums[1][j]), float(sums[2][j]), int(sums[3][j]))
                 )  # fmt: skip
         return out
-
-
-# ---- probes ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Probes:
-    """BIO and QA examples of fixed people, per source (probe_id, probe_ood)."""
-
-    people: dict[str, np.ndarray]
-    examples: dict[str, dict[str, Examples]]
-
-
-def probe_people(qa: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
-    """``n`` trained and ``n`` held-out people, drawn with a fixed seed (world-dependent only)."""
-    out = {}
-    for source, split in (("probe_id", "train"), ("probe_ood", "test")):
-        ids = np.sort(qa.loc[qa["split"] == split, "person_id"].unique())
-        if n > len(ids):
-            raise ConfigError(
-                f"analysis.probe_people={n} but the world has only {len(ids)} "
-                f"{'trained' if split == 'train' else 'held-out'} people"
-            )
-        rng = np.random.default_rng([PROBE_SEED, 0 if split == "train" else 1])
-        out[source] = np.sort(rng.choice(ids, size=n, replace=False))
-    return out
-
-
-def build_probes(bio: pd.DataFrame, qa: pd.DataFrame, tokenizer, n: int, bos: int | None) -> Probes:
-    people = probe_people(qa, n)
-    examples = {}
-    for source, ids in people.items():
-        b = bio[bio["person_id"].isin(ids)].sort_values("person_id", kind="stable")
-        q = qa[qa["person_id"].isin(ids)].sort_values(["person_id", "attribute"], kind="stable")
-        examples[source] = {
-            "bio": tokenize_bio(b["text"].tolist(), tokenizer, bos),
-            "qa": tokenize_qa(q["question"].tolist(), q["answer"].tolist(), tokenizer, bos),
-        }
-    return Probes(people, examples)
-
-
-def task_gradient(
-    model: torch.nn.Module,
-    params: Sequence[torch.nn.Parameter],
-    examples: Examples,
-    pad_id: int,
-    *,
-    batch_size: int = 64,
-) -> list[torch.Tensor]:
-    """∇ of the mean token loss over ``examples``; ``.grad`` is left as it was."""
-    from crosstrace.train import supervised_loss_sum
-
-    device = params[0].device
-    total = int(examples.supervised_tokens.sum())
-    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    for start in range(0, len(examples), batch_size):
-        mb = collate(examples, np.arange(start, min(start + batch_size, len(examples))), pad_id)
-        ids, labels = mb.input_ids.to(device), mb.labels.to(device)
-        loss = supervised_loss_sum(model, ids, None, labels) / total
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for a, g in zip(acc, grads, strict=True):
-            if g is not None:
-                a.add_(g.float())
-    return acc
-
-
-def probe_rows(
-    model: torch.nn.Module,
-    names: Sequence[str],
-    params: Sequence[torch.nn.Parameter],
-    slicer: Slicer,
-    probes: Probes,
-    pad_id: int,
-) -> list[tuple[str, list]]:
-    """(source, slice stats) of each probe source at the model's current weights."""
-    out = []
-    for source, ex in probes.examples.items():
-        g_bio = task_gradient(model, params, ex["bio"], pad_id)
-        g_qa = task_gradient(model, params, ex["qa"], pad_id)
-        out.append((source, slicer.stats(g_bio, g_qa)))
-    return out
 
 
 def records_every(every: int) -> int:
@@ -214,10 +132,10 @@ class ConsistencyRecorder:
     def record_probes(self, step: int) -> None:
         if self.probes is None:
             return
-        for source, stats in probe_rows(
-            self.model, self.names, self.params, self.slicer, self.probes, self.pad_id
+        for source, g_bio, g_qa in probe_gradients(
+            self.model, self.params, self.probes, self.pad_id
         ):
-            self.rows.extend((step, self.phase, source, *s) for s in stats)
+            self.rows.extend((step, self.phase, source, *s) for s in self.slicer.stats(g_bio, g_qa))
 
     def record_step(
         self, step: int, g_bio: Sequence[torch.Tensor], g_qa: Sequence[torch.Tensor]
@@ -231,164 +149,65 @@ class ConsistencyRecorder:
         return df
 
 
-def cosine(dot: float, norm_bio: float, norm_qa: float) -> float:
-    denom = np.sqrt(norm_bio * norm_qa)
-    return float(dot / denom) if denom > 0 else float("nan")
+class WholeTensors(Protocol):
+    """What the hook needs of the process layout (``crosstrace.parallel``)."""
+
+    def whole_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None: ...
+
+    def whole(
+        self, tensors: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
+    ) -> Sequence[torch.Tensor] | None: ...
 
 
-# ---- consistency restricted to the ranked sets ------------------------------------------
+class ConsistencyHook:
+    """The training loop's side of the recorder: every ``every`` steps, probe gradients before
+    the step and the step's BIO and QA shares inside it.
 
-SETS = ("shared", "random", "all")
-
-
-def _restricted(
-    b: dict[str, np.ndarray], q: dict[str, np.ndarray], masks: dict[str, np.ndarray]
-) -> tuple[int, float, float, float, int]:
-    n = dot = nb = nq = agree = 0
-    for name, m in masks.items():
-        x, y = b[name].reshape(-1)[m.reshape(-1)], q[name].reshape(-1)[m.reshape(-1)]
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
-        n += x.size
-        dot += float(x64 @ y64)
-        nb += float(x64 @ x64)
-        nq += float(y64 @ y64)
-        agree += int((np.sign(x) == np.sign(y)).sum())
-    return n, dot, nb, nq, agree
-
-
-def consistency_by_set(
-    traces: dict[str, object],
-    probe_grads: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
-    ranking: pd.DataFrame,
-    settings,
-    pmap: ParamMap,
-    shapes: dict[str, tuple[int, ...]],
-    *,
-    seed: Sequence[int],
-) -> pd.DataFrame:
-    """Cosine of the BIO and QA gradients restricted to the shared set, a stratified random
-    set of the same size per stratum (one draw) and the whole ranked population.
-
-    Sources: ``trace`` (Δ_bio and Δ_qa of the definition ranked), and each probe source
-    (``probe_grads``: {source: (g_bio, g_qa)} at θT, as arrays per parameter).
+    Every rank calls it (under FSDP the weights and gradient shares are gathered, a
+    collective); only rank 0 holds a recorder. ``every`` None: nothing is recorded.
     """
-    from crosstrace.ablate import Population, stratified_draw
-    from crosstrace.rank import member_masks
 
-    pop = Population.of(pmap, shapes, settings)
-    rows = []
-    for d in settings.definitions:
-        src = traces[d]
-        delta = {
-            task: {n: src.get(task, n).reshape(shapes[n]) for n in pop.ranked} for task in TASKS
-        }
-        for scope in settings.scopes:
-            for k in settings.k_percent:
-                top = member_masks(src, pmap, ranking, settings, definition=d, scope=scope, k=k,
-                                   shapes=shapes)  # fmt: skip
-                shared = {n: top["bio"][n] & top["qa"][n] for n in top["bio"]}
-                rng = np.random.default_rng([*seed, round(k * 1e6), SCOPE_CODE[scope]])
-                outside = {n: pop.ranked[n] & ~shared[n] for n in shared}
-                sets = {
-                    "shared": shared,
-                    "random": stratified_draw(shared, outside, pop.strata, rng),
-                    "all": pop.ranked,
-                }
-                grads = {"trace": (delta["bio"], delta["qa"]), **probe_grads}
-                for source, (gb, gq) in grads.items():
-                    for name, masks in sets.items():
-                        rows.append((d, scope, k, name, source, *_restricted(gb, gq, masks)))
-    df = pd.DataFrame(
-        rows,
-        columns=["definition", "scope", "k_percent", "set", "source", "n_elements", "dot",
-                 "norm_bio", "norm_qa", "n_sign_agree"],
-    )  # fmt: skip
-    df["cosine"] = df["dot"] / np.sqrt(df["norm_bio"] * df["norm_qa"]).replace(0, np.nan)
-    return df
+    def __init__(
+        self,
+        recorder: ConsistencyRecorder | None,
+        every: int | None,
+        layout: WholeTensors,
+        model: torch.nn.Module,
+        params: Sequence[torch.Tensor],
+    ) -> None:
+        self.recorder, self.every, self.layout = recorder, every, layout
+        self.model, self.params = model, params
 
+    def before_step(
+        self, step: int
+    ) -> Callable[[list[torch.Tensor], list[torch.Tensor]], None] | None:
+        """Record the probes if ``step`` is a record step; return the in-step callback."""
+        if self.every is None or not records_at(step, self.every):
+            return None
+        self.record_probes(step)
+        return functools.partial(self._record_step, step)
 
-TASKS = ("bio", "qa")
-SCOPE_CODE = {"global": 0, "per_tensor": 1}
+    def record_probes(self, step: int) -> None:
+        """Probe gradients at the current weights (with whole weights under FSDP)."""
+        if self.every is None:
+            return
+        whole = self.layout.whole_weights(self.model)
+        if whole is not None and self.recorder is not None:
+            self.recorder.model.load_state_dict(whole)
+        if self.recorder is not None:
+            self.recorder.record_probes(step)
 
+    def _record_step(self, step: int, g_bio: list[torch.Tensor], g_qa: list[torch.Tensor]) -> None:
+        whole_bio = self.layout.whole(g_bio, self.params)
+        whole_qa = self.layout.whole(g_qa, self.params)
+        if self.recorder is not None:
+            self.recorder.record_step(step, whole_bio, whole_qa)
 
-def probe_gradients(
-    model: torch.nn.Module, probes: Probes, pad_id: int
-) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """{source: (g_bio, g_qa)} of each probe source at the model's weights, as arrays."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    out = {}
-    for source, ex in probes.examples.items():
-        gb = task_gradient(model, params, ex["bio"], pad_id)
-        gq = task_gradient(model, params, ex["qa"], pad_id)
-        out[source] = (
-            {n: g.cpu().numpy() for (n, _), g in zip(named, gb, strict=True)},
-            {n: g.cpu().numpy() for (n, _), g in zip(named, gq, strict=True)},
-        )
-    return out
+    @property
+    def rows(self) -> list[tuple]:
+        return self.recorder.rows if self.recorder is not None else []
 
-
-# ---- the rule: analyses of one run's final model -------------------------------------------
-
-FINAL_OUTPUTS = ("by_set", "representation", "token_dependence")
-
-
-def analyse_final_model(
-    model_dir,
-    data_dir,
-    traces,
-    ranking_path,
-    out,
-    *,
-    run,
-    settings,
-    probe_people: int,
-    seed: int = 0,
-    device: str = "auto",
-) -> dict[str, pd.DataFrame]:
-    """Consistency by set, representation consistency and token dependence of θT.
-
-    ``traces``: {definition: trace file}; ``out``: {by_set, representation, token_dependence}
-    → Parquet paths (written only once all three are computed).
-    """
-    from pathlib import Path
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from crosstrace.atomic import atomic_file
-    from crosstrace.devices import resolve_device
-    from crosstrace.models import bos_id, load_model
-    from crosstrace.rank import TraceFile, read_ranking
-    from crosstrace.representation import representation_tables, token_dependence
-    from crosstrace.world import read_bio, read_people, read_qa
-
-    ranking, _ = read_ranking(ranking_path, settings=settings, run=run)
-    model, tokenizer = load_model(model_dir, resolve_device(device))
-    model.eval()
-    data = Path(data_dir)
-    bio, qa = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
-    people = read_people(data / "people.parquet")
-    bos = bos_id(model, tokenizer)
-    probes = build_probes(bio, qa, tokenizer, probe_people, bos)
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    sources = {d: TraceFile(traces[d], what=f"{run} {d} trace") for d in settings.definitions}
-    tables = {
-        "by_set": consistency_by_set(
-            sources,
-            probe_gradients(model, probes, tokenizer.pad_token_id),
-            ranking,
-            settings,
-            ParamMap(model.config),
-            shapes,
-            seed=[int(seed), int(run.seed)],
-        ),
-        "representation": representation_tables(model, tokenizer, people, bio, qa, bos),
-        "token_dependence": token_dependence(
-            model, tokenizer, qa, bos, people=probes.people["probe_ood"]
-        ),
-    }
-    for name in FINAL_OUTPUTS:
-        with atomic_file(out[name]) as tmp:
-            pq.write_table(pa.Table.from_pandas(tables[name], preserve_index=False), tmp)
-    return tables
+    @rows.setter
+    def rows(self, rows: list[tuple]) -> None:
+        if self.recorder is not None:
+            self.recorder.rows = list(rows)

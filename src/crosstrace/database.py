@@ -29,32 +29,12 @@ import pyarrow.parquet as pq
 from crosstrace.atomic import atomic_file
 from crosstrace.dump import read_dump_metadata
 from crosstrace.errors import InputDataError
-from crosstrace.rank import RankSettings, Run, check_ranking_file
+from crosstrace.outputs import CONSISTENCY_FILES as CONSISTENCY_OUTPUTS
+from crosstrace.outputs import RANKING_FILES, TABLES
+from crosstrace.rank import RankSettings, check_ranking_file
+from crosstrace.runs import Run
 
-TABLES = (
-    "accuracy",
-    "ranking",
-    "shared_counts",
-    "overlap",
-    "concentration",
-    "ablation",
-    "ablation_draws",
-    "definition_agreement",
-    "accuracy_summary",
-    "overlap_summary",
-    "concentration_summary",
-    "ablation_summary",
-    "consistency",
-    "consistency_by_module",
-    "consistency_by_set",
-    "representation",
-    "token_dependence",
-    "consistency_summary",
-    "consistency_by_set_summary",
-    "representation_summary",
-    "token_dependence_summary",
-)
-CONSISTENCY_FILES = ("consistency", "by_set", "representation", "token_dependence")
+CONSISTENCY_FILES = tuple(CONSISTENCY_OUTPUTS)  # RunFiles fields: all of them, or none
 
 
 def sql(name: str) -> str:
@@ -173,12 +153,11 @@ def build_database(
     if not runs:
         raise InputDataError("build_database: no runs given")
     for files in runs:
-        for what in ("predictions", "ranking", "cells", "agreement", "ablation",
-                     *CONSISTENCY_FILES):  # fmt: skip
+        for what in ("predictions", *RANKING_FILES, "ablation", *CONSISTENCY_FILES):
             path = getattr(files, what)
             if path is not None and not Path(path).is_file():
                 raise InputDataError(f"run {files.run}: {what} file {path} does not exist")
-        for what in ("ranking", "cells", "agreement"):
+        for what in RANKING_FILES:
             check_ranking_file(getattr(files, what), settings=settings, run=files.run)
 
     with atomic_file(db_path) as tmp:

@@ -4,8 +4,8 @@
 one training job runs. With ``nproc`` > 1 the calling process becomes a launcher: it writes the
 job's arguments to a spec file and starts ``nproc`` workers through PyTorch's elastic launcher
 (the engine of ``torchrun``), rendezvous on localhost at a free port. Each worker runs
-``python -m crosstrace.distributed SPEC``, which calls :func:`crosstrace.train.train_run` with
-the process group set up (gloo on the CPU, NCCL on CUDA). A process started by ``torchrun``
+``python -m crosstrace.worker SPEC`` (:mod:`crosstrace.worker`), which trains with the process
+group set up (gloo on the CPU, NCCL on CUDA). A process started by ``torchrun``
 itself (multi-node, see docs/distributed.md) is a worker already and joins the group directly.
 
 Data parallelism is explicit: every rank holds the whole model (ddp) and sums each task's share
@@ -29,14 +29,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from crosstrace.errors import ConfigError, CrosstraceError, DistributedError
+from crosstrace.errors import (
+    EXIT_PREEMPTED,
+    ConfigError,
+    CrosstraceError,
+    DistributedError,
+    Preempted,
+)
 
 log = logging.getLogger(__name__)
 
 MODES = ("none", "ddp", "fsdp")
 # Set by torchrun / the elastic agent in every worker it starts.
 _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_ERROR_FILE = "error-rank{rank}.txt"
+ERROR_FILE = "error-rank{rank}.txt"  # a worker's message to the launcher, in the spec's folder
+WORKER_MODULE = "crosstrace.worker"  # what each launched process runs: python -m … SPEC
 BUCKET_ELEMENTS = 1 << 24  # 64 MiB of fp32 per all-reduce
 
 
@@ -267,76 +274,65 @@ def whole_from_shards(
     return out if main else None
 
 
-def _sharded_state(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trace: dict[str, list[torch.Tensor]] | None,
-    names: Sequence[str],
-    params: Sequence[torch.Tensor],
-) -> dict[str, Any]:
-    """Model, optimizer and trace as DTensors for torch.distributed.checkpoint (each rank's
-    trace accumulators wrapped, without a copy, as shards cut like their parameters)."""
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-    from torch.distributed.tensor import DTensor
+@dataclass(frozen=True)
+class ShardedState:
+    """A rank's shards of the model, the optimizer state and the trace accumulators, saved and
+    loaded with torch.distributed.checkpoint (collectives: every rank calls them). No rank
+    gathers a whole tensor."""
 
-    state: dict[str, Any] = {
-        "model": get_model_state_dict(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
-    }
-    if trace is not None:
-        state["trace"] = {
-            task: {
-                name: DTensor.from_local(
-                    acc, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
-                )
-                for name, p, acc in zip(names, params, accs, strict=True)
-            }
-            for task, accs in trace.items()
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    trace: dict[str, list[torch.Tensor]] | None  # {task: accumulators, cut like ``params``}
+    names: Sequence[str]
+    params: Sequence[torch.Tensor]
+
+    def _state(self) -> dict[str, Any]:
+        """Model, optimizer and trace as DTensors (each rank's trace accumulators wrapped,
+        without a copy, as shards cut like their parameters)."""
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+        from torch.distributed.tensor import DTensor
+
+        state: dict[str, Any] = {
+            "model": get_model_state_dict(self.model),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
         }
-    return state
+        if self.trace is not None:
+            state["trace"] = {
+                task: {
+                    name: DTensor.from_local(
+                        acc, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
+                    )
+                    for name, p, acc in zip(self.names, self.params, accs, strict=True)
+                }
+                for task, accs in self.trace.items()
+            }
+        return state
 
+    def save(self, folder: Path) -> None:
+        """Every rank writes its shards into ``folder``."""
+        import torch.distributed.checkpoint as dcp
 
-def save_sharded(
-    folder: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trace: dict[str, list[torch.Tensor]] | None,
-    names: Sequence[str],
-    params: Sequence[torch.Tensor],
-) -> None:
-    """Every rank writes its shards of the model, the optimizer state and the trace into
-    ``folder`` (torch.distributed.checkpoint; a collective). No rank gathers a whole tensor."""
-    import torch.distributed.checkpoint as dcp
+        dcp.save(self._state(), checkpoint_id=folder)
 
-    dcp.save(_sharded_state(model, optimizer, trace, names, params), checkpoint_id=folder)
+    def load(self, folder: Path) -> None:
+        """The inverse of :meth:`save`: each rank reads its shards in place."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
-
-def load_sharded(
-    folder: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trace: dict[str, list[torch.Tensor]] | None,
-    names: Sequence[str],
-    params: Sequence[torch.Tensor],
-) -> None:
-    """The inverse of :func:`save_sharded`: each rank reads its shards in place."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    state = _sharded_state(model, optimizer, trace, names, params)
-    dcp.load(state, checkpoint_id=folder)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    if trace is not None:
-        for task, accs in trace.items():
-            for name, acc in zip(names, accs, strict=True):
-                acc.copy_(state["trace"][task][name].to_local())
+        state = self._state()
+        dcp.load(state, checkpoint_id=folder)
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        if self.trace is not None:
+            for task, accs in self.trace.items():
+                for name, acc in zip(self.names, accs, strict=True):
+                    acc.copy_(state["trace"][task][name].to_local())
 
 
 def full_state(
@@ -451,10 +447,11 @@ def _workers_inherit_python_streams() -> Iterator[None]:
             os.close(copy)
 
 
-def launch(train_kwargs: dict[str, Any], cfg: DistributedConfig, threads: int | None) -> None:
-    """Run ``train_run(**train_kwargs)`` on ``cfg.nproc`` local worker processes.
+def launch(job: dict[str, Any], cfg: DistributedConfig, threads: int | None) -> None:
+    """Run the training job ``job`` (JSON, read by :mod:`crosstrace.worker`) on ``cfg.nproc``
+    local worker processes.
 
-    Raises :class:`crosstrace.train.Preempted` when the workers stopped after a checkpoint
+    Raises :class:`crosstrace.errors.Preempted` when the workers stopped after a checkpoint
     (a signal or the SLURM deadline), the workers' own :class:`CrosstraceError` message when
     they refused their input, and :class:`DistributedError` for any other failure.
     """
@@ -462,14 +459,12 @@ def launch(train_kwargs: dict[str, Any], cfg: DistributedConfig, threads: int | 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from crosstrace.train import EXIT_PREEMPTED, Preempted
-
     per_worker = max(1, (threads or torch.get_num_threads()) // cfg.nproc)
     with tempfile.TemporaryDirectory(prefix="crosstrace-launch-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(
             json.dumps(
-                {"train_kwargs": train_kwargs, "threads": per_worker, "error_dir": tmp},
+                {"job": job, "threads": per_worker, "error_dir": tmp},
                 default=str,
             )
         )
@@ -488,7 +483,7 @@ def launch(train_kwargs: dict[str, Any], cfg: DistributedConfig, threads: int | 
         log.info("launching %d %s workers (%d thread(s) each)", cfg.nproc, cfg.mode, per_worker)
         try:
             with _workers_inherit_python_streams():
-                elastic_launch(config, sys.executable)("-m", "crosstrace.distributed", str(spec))
+                elastic_launch(config, sys.executable)("-m", WORKER_MODULE, str(spec))
         except SignalException as exc:
             raise Preempted(
                 f"received signal {exc.sigval} while {cfg.nproc} workers trained; they were "
@@ -496,38 +491,10 @@ def launch(train_kwargs: dict[str, Any], cfg: DistributedConfig, threads: int | 
             ) from None
         except ChildFailedError as exc:
             codes = {failure.exitcode for failure in exc.failures.values()}
-            messages = sorted(Path(tmp).glob("error-rank*.txt"))
+            messages = sorted(Path(tmp).glob(ERROR_FILE.format(rank="*")))
             text = messages[0].read_text().strip() if messages else str(exc)
             if codes == {EXIT_PREEMPTED}:
                 raise Preempted(text) from None
             if messages:
                 raise CrosstraceError(text) from None
             raise DistributedError(f"a training worker failed: {exc}") from None
-
-
-def _worker_main(spec_path: str) -> int:
-    """Entry of one launched worker: run ``train_run`` from the spec; report errors to the
-    launcher through a file (the message) and the exit code."""
-    spec = json.loads(Path(spec_path).read_text())
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s rank{rank} %(name)s %(message)s",
-    )
-    torch.set_num_threads(int(spec["threads"]))
-    from crosstrace.train import train_run
-
-    kwargs = spec["train_kwargs"]
-    kwargs["progress"] = bool(kwargs.get("progress")) and rank == 0
-    try:
-        train_run(**kwargs)
-    except CrosstraceError as exc:
-        (Path(spec["error_dir"]) / _ERROR_FILE.format(rank=rank)).write_text(str(exc))
-        print(f"crosstrace: rank {rank}: {exc}", file=sys.stderr, flush=True)
-        return int(getattr(exc, "exit_code", 2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1]))

@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors import safe_open
 
 from crosstrace.atomic import atomic_dir
 from crosstrace.errors import InputDataError
 from crosstrace.param_map import MODULES, NO_HEAD, NO_NEURON, ParamMap, ParamSpec, layer_sort_key
 from crosstrace.rank import kth_largest, topk_size
+from crosstrace.tracefile import TASKS, TraceFile
 
-TASKS = ("bio", "qa")
 META_KEY = b"crosstrace"
 FORMAT = "crosstrace-trace-table/1"
 ROW_GROUP_SIZE = 1 << 20
@@ -54,48 +53,27 @@ SCHEMA = pa.schema(
 _MODULE_ARRAY = pa.array(MODULES, pa.string())
 
 
-def _trace_keys(trace_path: Path) -> dict[str, list[str]]:
-    with safe_open(str(trace_path), framework="np") as f:
-        keys = list(f.keys())
-    by_task: dict[str, list[str]] = {}
-    for key in keys:
-        task, _, param = key.partition("/")
-        by_task.setdefault(task, []).append(param)
-    for task in by_task:
-        by_task[task].sort(key=layer_sort_key)
-    return by_task
-
-
-def _top_threshold(
-    trace_path: Path, task: str, specs: dict[str, ParamSpec], top_percent: float
-) -> float:
-    """The top-``top_percent`` % threshold of |Δ| over every element of one task."""
+def _top_threshold(trace: TraceFile, task: str, specs: dict[str, ParamSpec], top: float) -> float:
+    """The top-``top`` % threshold of |Δ| over every element of one task."""
     n = sum(s.numel for s in specs.values())
-    k = topk_size(top_percent, n)
+    k = topk_size(top, n)
     if k == 0:
-        raise InputDataError(
-            f"{trace_path}: trace.dump_top_percent={top_percent} keeps no element of {n}"
-        )
+        raise InputDataError(f"{trace.path}: trace.dump_top_percent={top} keeps no element of {n}")
 
     def chunks() -> Iterator[np.ndarray]:
-        with safe_open(str(trace_path), framework="np") as f:
-            for name in specs:
-                yield np.abs(f.get_tensor(f"{task}/{name}").reshape(-1))
+        for name in specs:
+            yield np.abs(trace.get(task, name))
 
     (threshold,) = kth_largest(chunks, [k])
     return threshold
 
 
-def _specs(trace_path: Path, pmap: ParamMap, task: str) -> dict[str, ParamSpec]:
-    names = _trace_keys(trace_path).get(task)
-    if not names:
-        raise InputDataError(f"{trace_path}: no tensors for task {task!r}")
-    specs = {}
-    with safe_open(str(trace_path), framework="np") as f:
-        for name in names:
-            shape = tuple(f.get_slice(f"{task}/{name}").get_shape())
-            specs[name] = pmap.spec(name, shape)
-    return specs
+def _specs(trace: TraceFile, pmap: ParamMap, task: str) -> dict[str, ParamSpec]:
+    """The parameters of one task in layer order, with their head and module layout."""
+    shapes = trace.shapes.get(task)
+    if not shapes:
+        raise InputDataError(f"{trace.path}: no tensors for task {task!r}")
+    return {name: pmap.spec(name, shapes[name]) for name in sorted(shapes, key=layer_sort_key)}
 
 
 class _Buffered:
@@ -221,16 +199,16 @@ def dump_trace(
     if top_percent is not None and not 0 < float(top_percent) <= 100:
         raise InputDataError(f"top_percent must be in (0, 100] or null, got {top_percent!r}")
     pmap = ParamMap(model_dir)
-    tasks = _trace_keys(trace_path)
-    if sorted(tasks) != sorted(TASKS):
-        raise InputDataError(f"{trace_path}: tasks {sorted(tasks)}, expected {list(TASKS)}")
+    trace = TraceFile(trace_path)
+    if trace.tasks != sorted(TASKS):
+        raise InputDataError(f"{trace_path}: tasks {trace.tasks}, expected {list(TASKS)}")
     run_dir = Path(out_dir) / f"model={model}" / f"strategy={strategy}" / f"seed={int(seed)}"
     with atomic_dir(run_dir) as tmp:
         for task in TASKS:
-            specs = _specs(trace_path, pmap, task)
+            specs = _specs(trace, pmap, task)
             threshold = None
             if top_percent is not None:
-                threshold = _top_threshold(trace_path, task, specs, float(top_percent))
+                threshold = _top_threshold(trace, task, specs, float(top_percent))
             meta = {
                 "format": FORMAT,
                 "model": model,
@@ -246,15 +224,14 @@ def dump_trace(
             out = _Buffered(
                 folder, {META_KEY: json.dumps(meta).encode()}, row_group_size, rows_per_file
             )
-            with safe_open(str(trace_path), framework="np") as f:
-                for name, spec in specs.items():
-                    flat = f.get_tensor(f"{task}/{name}").reshape(-1)
-                    for start in range(0, spec.numel, row_group_size):
-                        stop = min(start + row_group_size, spec.numel)
-                        d = flat[start:stop]
-                        keep = None if threshold is None else np.abs(d) >= threshold
-                        out.add(_batch(name, spec, start, stop, d, keep))
-                    del flat
+            for name, spec in specs.items():
+                flat = trace.get(task, name)
+                for start in range(0, spec.numel, row_group_size):
+                    stop = min(start + row_group_size, spec.numel)
+                    d = flat[start:stop]
+                    keep = None if threshold is None else np.abs(d) >= threshold
+                    out.add(_batch(name, spec, start, stop, d, keep))
+                del flat
             out.close()
     return run_dir
 

@@ -19,3 +19,12 @@ class DistributedError(CrosstraceError):
 
 class ResumeError(CrosstraceError):
     """A checkpoint exists but cannot be resumed exactly by this run."""
+
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on a signal or before a time limit; rerun to resume
+
+
+class Preempted(CrosstraceError):
+    """Training stopped on a signal after writing a checkpoint; rerunning resumes it."""
+
+    exit_code = EXIT_PREEMPTED

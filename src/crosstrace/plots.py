@@ -36,19 +36,23 @@ import seaborn as sns
 
 from crosstrace.atomic import atomic_file
 from crosstrace.errors import ConfigError, InputDataError
+from crosstrace.outputs import FIGURES
+from crosstrace.runs import STRATEGIES
 
-FIGURES = (
-    "accuracy",
-    "shared_by_layer_module",
-    "shared_head_heatmap",
-    "overlap_vs_k",
-    "concentration",
-    "ablation",
-    "consistency_vs_step",
-    "consistency_by_set",
-    "representation",
-    "token_dependence",
-)
+TITLES = {  # figure stem -> title
+    "accuracy": "QA exact-match accuracy by training strategy",
+    "shared_by_layer_module": "Shared parameters (top-k BIO ∩ top-k QA) per layer and module",
+    "shared_head_heatmap": "Shared parameters per layer and head",
+    "overlap_vs_k": "Shared parameters vs the stratified null",
+    "concentration": "Concentration of the shared set, next to each task's own top-k set",
+    "ablation": "Accuracy drop when parameters are reset to θ0",
+    "consistency_vs_step": "Cosine of the BIO and QA gradients during training (probe batches)",
+    "consistency_by_set": (
+        "BIO–QA gradient cosine on the shared set, a matched random set and all ranked"
+    ),
+    "representation": "Name-token representations in BIO and QA contexts, per layer",
+    "token_dependence": "Change of log p(answer) when one prompt token is masked (held-out people)",
+}
 SPLIT_ORDER = ["id", "ood", "bio_id", "bio_ood"]
 FORMATS = ("png", "pdf", "svg")
 CONDITION_ORDER = ["shared", "random", "bio_only", "qa_only"]
@@ -98,6 +102,17 @@ def _pick_k(df: pd.DataFrame, k_percent: float | None) -> float | None:
     return float(k_percent)
 
 
+class _NoData(Exception):
+    """A figure's table is empty: the figure then says why instead."""
+
+
+def _need(df: pd.DataFrame, why: str, k: float | None = 0.0) -> pd.DataFrame:
+    """``df``, or :class:`_NoData` with ``why`` when it is empty (or no k was picked)."""
+    if df.empty or k is None:
+        raise _NoData(why)
+    return df
+
+
 def _empty(title: str, why: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.text(0.5, 0.5, why, ha="center", va="center", wrap=True)
@@ -106,23 +121,48 @@ def _empty(title: str, why: str) -> plt.Figure:
     return fig
 
 
+def _ci(df: pd.DataFrame):
+    """95 % interval bars over seeds, where there is more than one seed."""
+    return ("ci", 95) if "seed" in df and df["seed"].nunique() > 1 else None
+
+
+def _present(order: Sequence[str], values: pd.Series) -> list[str]:
+    """``order`` restricted to the values that occur."""
+    seen = set(values)
+    return [v for v in order if v in seen]
+
+
+def _grid(d: pd.DataFrame, kind: str, **facets) -> sns.FacetGrid:
+    """A seaborn figure-level plot of ``d`` (``kind`` "bar": catplot, "line": relplot), with
+    95 % intervals over seeds unless ``facets`` says otherwise."""
+    facets = {"errorbar": _ci(d), **facets}
+    if kind == "bar":
+        return sns.catplot(data=d, kind="bar", **facets)
+    return sns.relplot(data=d, kind="line", **facets)
+
+
+def _by_strategy(d: pd.DataFrame, kind: str, **facets) -> sns.FacetGrid:
+    """:func:`_grid` with the strategies as colours, in one order."""
+    order = _present(STRATEGIES, d["strategy"])
+    return _grid(d, kind, hue="strategy", hue_order=order, **facets)
+
+
+def _finish(g: sns.FacetGrid, title: str, *, zero_line: bool = False, y: float = 1.03):
+    """Facet titles in one style ("row · column"), an optional line at 0, the figure title."""
+    g.set_titles("{row_name} · {col_name}" if g.row_names else "{col_name}")
+    if zero_line:
+        for ax in g.axes.flat:
+            ax.axhline(0, color="k", lw=0.6)
+    g.figure.suptitle(title, y=y)
+    return g.figure
+
+
 def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
-    title = "QA exact-match accuracy by training strategy"
-    if acc.empty:
-        return _empty(title, "no predictions in the accuracy table")
+    title = TITLES["accuracy"]
+    _need(acc, "no predictions in the accuracy table")
     d = acc[acc["attribute"] == "all"]
-    g = sns.catplot(
-        data=d,
-        x="strategy",
-        y="accuracy",
-        hue="split",
-        col="model",
-        kind="bar",
-        hue_order=[s for s in SPLIT_ORDER if s in set(d["split"])],
-        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
-        height=3.5,
-        aspect=1.0,
-    )
+    g = _grid(d, "bar", x="strategy", y="accuracy", hue="split", col="model",
+              hue_order=_present(SPLIT_ORDER, d["split"]), height=3.5, aspect=1.0)  # fmt: skip
     g.set(ylim=(0, 1.05))
     g.set_axis_labels("training strategy", "exact-match accuracy")
     g.set_titles("{col_name}")
@@ -148,9 +188,8 @@ def primary(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure:
-    title = "Shared parameters (top-k BIO ∩ top-k QA) per layer and module"
-    if shared.empty or k is None:
-        return _empty(title, "no shared_counts")
+    title = TITLES["shared_by_layer_module"]
+    _need(shared, "no shared_counts", k)
     shared, label = primary(shared)
     d = shared[(shared["k_percent"] == k) & shared["layer"].notna()]
     d = d.groupby(["model", "strategy", "seed", "layer", "module"], as_index=False)[
@@ -158,20 +197,10 @@ def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure
     ].sum()
     d = d.groupby(["model", "strategy", "layer", "module"], as_index=False)["n_shared"].mean()
     d["layer"] = d["layer"].astype(int)
-    g = sns.catplot(
-        data=d,
-        x="layer",
-        y="n_shared",
-        hue="module",
-        col="strategy",
-        row="model",
-        kind="bar",
-        hue_order=[m for m in MODULE_ORDER if m in set(d["module"])],
-        col_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
-        height=3.2,
-        aspect=1.4,
-        sharey="row",
-    )
+    g = _grid(d, "bar", x="layer", y="n_shared", hue="module", col="strategy", row="model",
+              hue_order=_present(MODULE_ORDER, d["module"]),
+              col_order=_present(STRATEGIES, d["strategy"]), height=3.2, aspect=1.4,
+              sharey="row", errorbar=None)  # fmt: skip
     g.set_axis_labels("layer", "shared parameters")
     g.set_titles("{row_name} · {col_name}")
     g.figure.suptitle(f"{title}, k = {k:g}%, {label} (mean over seeds)", y=1.03)
@@ -179,14 +208,13 @@ def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure
 
 
 def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
-    title = "Shared parameters per layer and head"
-    if shared.empty or k is None:
-        return _empty(title, "no shared_counts")
+    title = TITLES["shared_head_heatmap"]
+    _need(shared, "no shared_counts", k)
     shared, label = primary(shared)
     d = shared[(shared["k_percent"] == k) & shared["head"].notna() & shared["layer"].notna()]
     d = d[d["module"].str.startswith("attn.")]
     if d.empty:
-        return _empty(title, "no attention heads among the ranked modules")
+        raise _NoData("no attention heads among the ranked modules")
     d = d.groupby(["model", "strategy", "module", "layer", "head"], as_index=False)[
         "n_shared"
     ].mean()
@@ -227,25 +255,12 @@ def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
 
 
 def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
-    title = "Shared parameters vs the stratified null"
-    if overlap.empty:
-        return _empty(title, "no overlap table")
+    title = TITLES["overlap_vs_k"]
+    _need(overlap, "no overlap table")
     d = overlap.copy()
     d["ranking"] = d["definition"] + " · " + d["scope"]
-    g = sns.relplot(
-        data=d,
-        x="k_percent",
-        y="enrichment",
-        hue="strategy",
-        style="model",
-        col="ranking",
-        kind="line",
-        markers=True,
-        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
-        height=3.4,
-        aspect=1.1,
-        facet_kws={"sharey": False},
-    )
+    g = _by_strategy(d, "line", x="k_percent", y="enrichment", style="model", col="ranking",
+                     markers=True, height=3.4, aspect=1.1, facet_kws={"sharey": False})  # fmt: skip
     ks = sorted(d["k_percent"].unique())
     for ax in g.axes.flat:
         ax.axhline(1.0, color="grey", ls=":", lw=2)
@@ -263,36 +278,20 @@ def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
 
 
 def fig_concentration(conc: pd.DataFrame, k: float | None) -> plt.Figure:
-    title = "Concentration of the shared set, next to each task's own top-k set"
-    if conc.empty or k is None:
-        return _empty(title, "no concentration table")
+    title = TITLES["concentration"]
+    _need(conc, "no concentration table", k)
     conc, label = primary(conc)
     d = conc[(conc["k_percent"] == k) & conc["unit"].isin(["head", "neuron"])]
-    g = sns.catplot(
-        data=d,
-        x="set",
-        y="gini",
-        hue="strategy",
-        col="unit",
-        row="model",
-        kind="bar",
-        order=["shared", "bio", "qa"],
-        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
-        errorbar=("ci", 95) if d["seed"].nunique() > 1 else None,
-        height=3.0,
-        aspect=1.1,
-    )
+    g = _by_strategy(d, "bar", x="set", y="gini", col="unit", row="model",
+                     order=["shared", "bio", "qa"], height=3.0, aspect=1.1)  # fmt: skip
     g.set(ylim=(0, 1))
     g.set_axis_labels("top-k set", "Gini over units")
-    g.set_titles("{row_name} · {col_name}s")
-    g.figure.suptitle(f"{title}, k = {k:g}%, {label}", y=1.03)
-    return g.figure
+    return _finish(g, f"{title}, k = {k:g}%, {label}")
 
 
 def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
-    title = "Accuracy drop when parameters are reset to θ0"
-    if draws.empty:
-        return _empty(title, "no ablation results")
+    title = TITLES["ablation"]
+    _need(draws, "no ablation results")
     draws, label = primary(draws)
     none = draws[draws["condition"] == "none"].groupby(["model", "strategy", "seed", "split"])[
         "accuracy"
@@ -302,19 +301,9 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     d["accuracy_drop"] = d["accuracy_none"] - d["accuracy"]
     d["run"] = d["model"] + " · " + d["strategy"]
     d["k"] = d["k_percent"].map(lambda k: f"k = {k:g}%")
-    g = sns.catplot(
-        data=d,
-        x="condition",
-        y="accuracy_drop",
-        hue="split",
-        col="k",
-        row="run",
-        kind="bar",
-        order=[c for c in CONDITION_ORDER if c in set(d["condition"])],
-        errorbar="sd",
-        height=3.0,
-        aspect=1.2,
-    )
+    g = _grid(d, "bar", x="condition", y="accuracy_drop", hue="split", col="k", row="run",
+              order=_present(CONDITION_ORDER, d["condition"]), errorbar="sd", height=3.0,
+              aspect=1.2)  # fmt: skip
     g.set_axis_labels("reset set", "accuracy drop (θT − ablated)")
     g.set_titles("{row_name} · {col_name}")
     for ax in g.axes.flat:
@@ -327,73 +316,35 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     return g.figure
 
 
-def _ci(df: pd.DataFrame):
-    return ("ci", 95) if "seed" in df and df["seed"].nunique() > 1 else None
-
-
 def fig_consistency_vs_step(cons: pd.DataFrame) -> plt.Figure:
-    title = "Cosine of the BIO and QA gradients during training (probe batches)"
-    if cons.empty:
-        return _empty(title, "no consistency records")
+    title = TITLES["consistency_vs_step"]
+    _need(cons, "no consistency records")
     d = cons[cons["source"].isin(["probe_id", "probe_ood"])].copy()
     d["source"] = d["source"].map({"probe_id": "trained people", "probe_ood": "held-out people"})
-    g = sns.relplot(
-        data=d,
-        x="run_step",
-        y="cosine",
-        hue="strategy",
-        style="source",
-        col="module",
-        row="model",
-        kind="line",
-        errorbar=_ci(d),
-        col_order=[m for m in MODULE_ORDER if m in set(d["module"])],
-        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
-        height=2.6,
-        aspect=1.1,
-    )
-    for ax in g.axes.flat:
-        ax.axhline(0, color="k", lw=0.6)
+    g = _by_strategy(d, "line", x="run_step", y="cosine", style="source", col="module",
+                     row="model", col_order=_present(MODULE_ORDER, d["module"]), height=2.6,
+                     aspect=1.1)  # fmt: skip
     g.set_axis_labels("training step (stage: BIO, then QA)", "cos(g_BIO, g_QA)")
-    g.set_titles("{row_name} · {col_name}")
-    g.figure.suptitle(title, y=1.03)
-    return g.figure
+    return _finish(g, title, zero_line=True)
 
 
 def fig_consistency_by_set(by_set: pd.DataFrame, k: float | None) -> plt.Figure:
-    title = "BIO–QA gradient cosine on the shared set, a matched random set and all ranked"
-    if by_set.empty or k is None:
-        return _empty(title, "no consistency_by_set table")
+    title = TITLES["consistency_by_set"]
+    _need(by_set, "no consistency_by_set table", k)
     by_set, label = primary(by_set)
     d = by_set[by_set["k_percent"] == k]
-    g = sns.catplot(
-        data=d,
-        x="set",
-        y="cosine",
-        hue="strategy",
-        col="source",
-        row="model",
-        kind="bar",
-        order=["shared", "random", "all"],
-        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
-        errorbar=_ci(d),
-        height=2.8,
-        aspect=1.0,
-    )
-    for ax in g.axes.flat:
-        ax.axhline(0, color="k", lw=0.6)
-    g.set_titles("{row_name} · {col_name}")
-    g.figure.suptitle(
+    g = _by_strategy(d, "bar", x="set", y="cosine", col="source", row="model",
+                     order=["shared", "random", "all"], height=2.8, aspect=1.0)  # fmt: skip
+    return _finish(
+        g,
         f"{title}, k = {k:g}%, {label} (trace: Δ over training; probe_*: gradients at θT)",
-        y=1.03,
+        zero_line=True,
     )
-    return g.figure
 
 
 def fig_representation(rep: pd.DataFrame) -> plt.Figure:
-    title = "Name-token representations in BIO and QA contexts, per layer"
-    if rep.empty:
-        return _empty(title, "no representation table")
+    title = TITLES["representation"]
+    _need(rep, "no representation table")
     cos = rep[rep["measure"] == "cosine"]
     cos = cos.groupby(["model", "strategy", "seed", "layer", "split"], as_index=False)[
         ["value", "baseline"]
@@ -414,49 +365,20 @@ def fig_representation(rep: pd.DataFrame) -> plt.Figure:
     tr = tr.rename(columns={"value": "y"}).assign(pair="probe BIO→QA", panel="probe transfer")
     d = pd.concat([long, tr[long.columns.intersection(tr.columns)]], ignore_index=True)
     d = d[(d.get("split", "ood") != "id") | (d["panel"] != "cosine BIO vs QA state")]
-    g = sns.relplot(
-        data=d,
-        x="layer",
-        y="y",
-        hue="strategy",
-        style="pair",
-        col="panel",
-        row="model",
-        kind="line",
-        markers=True,
-        errorbar=_ci(d),
-        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
-        height=2.8,
-        aspect=1.2,
-        facet_kws={"sharey": False},
-    )
+    g = _by_strategy(d, "line", x="layer", y="y", style="pair", col="panel", row="model",
+                     markers=True, height=2.8, aspect=1.2, facet_kws={"sharey": False})  # fmt: skip
     g.set_axis_labels("layer (0 = embeddings)", "")
-    g.set_titles("{row_name} · {col_name}")
-    g.figure.suptitle(f"{title} (held-out people)", y=1.03)
-    return g.figure
+    return _finish(g, f"{title} (held-out people)")
 
 
 def fig_token_dependence(td: pd.DataFrame) -> plt.Figure:
-    title = "Change of log p(answer) when one prompt token is masked (held-out people)"
-    if td.empty:
-        return _empty(title, "no token_dependence table")
+    title = TITLES["token_dependence"]
+    _need(td, "no token_dependence table")
     d = td.groupby(["model", "strategy", "seed", "token_class"], as_index=False)["delta"].mean()
-    g = sns.catplot(
-        data=d,
-        x="token_class",
-        y="delta",
-        hue="strategy",
-        col="model",
-        kind="bar",
-        order=["name", "relation", "other"],
-        hue_order=[s for s in ("stage", "mix") if s in set(d["strategy"])],
-        errorbar=_ci(d),
-        height=3.0,
-        aspect=1.1,
-    )
+    g = _by_strategy(d, "bar", x="token_class", y="delta", col="model",
+                     order=["name", "relation", "other"], height=3.0, aspect=1.1)  # fmt: skip
     g.set_axis_labels("masked token", "Δ log p(answer)")
-    g.figure.suptitle(title, y=1.03)
-    return g.figure
+    return _finish(g, title, zero_line=True)
 
 
 def make_figures(
@@ -495,7 +417,10 @@ def make_figures(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem in FIGURES:
-        fig = builders[stem]()
+        try:
+            fig = builders[stem]()
+        except _NoData as exc:
+            fig = _empty(TITLES[stem], str(exc))
         try:
             for fmt in formats:
                 path = out_dir / f"{stem}.{fmt}"
@@ -505,16 +430,3 @@ def make_figures(
         finally:
             plt.close(fig)
     return paths
-
-
-def tables_to_csv(
-    sources: dict[str, str | os.PathLike[str]], outputs: dict[str, str | os.PathLike[str]]
-) -> None:
-    """Write each Parquet table as CSV (floats to 4 significant digits), atomically."""
-    for name, src in sources.items():
-        df = pd.read_parquet(src)
-        for col in df.columns:  # lists (query_heads) as text
-            if df[col].dtype == object and df[col].map(lambda v: hasattr(v, "__len__")).any():
-                df[col] = df[col].map(lambda v: v if isinstance(v, str) else list(v))
-        with atomic_file(outputs[name]) as tmp:
-            df.to_csv(tmp, index=False, float_format="%.4g")

@@ -9,18 +9,17 @@ single-point estimate, not the lr-weighted sum over the training trajectory.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from crosstrace.batches import collate, training_examples
+from crosstrace.batches import training_examples
 from crosstrace.devices import autocast_dtype, resolve_device
+from crosstrace.loss import mean_loss_gradient
 from crosstrace.models import bos_id, load_model
-from crosstrace.trace import TASKS, save_trace
-from crosstrace.train import supervised_loss_sum
+from crosstrace.tracefile import TASKS, save_trace
 from crosstrace.world import read_bio, read_qa
 
 
@@ -35,7 +34,6 @@ def posthoc_trace(
 ) -> None:
     """Write ``{task}/{param}`` gradients of each task's mean token loss at ``model_dir``."""
     dev = resolve_device(device)
-    amp = autocast_dtype(dev)
     model, tokenizer = load_model(model_dir, dev)
     model.eval()  # no dropout: a deterministic gradient at θ
     data = Path(data_dir)
@@ -45,22 +43,14 @@ def posthoc_trace(
         tokenizer,
         bos_id(model, tokenizer),
     )
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    deltas: dict[str, dict[str, torch.Tensor]] = {}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    deltas = {}
     for task in TASKS:
-        ex = examples[task]
-        total = int(ex.supervised_tokens.sum())
-        model.zero_grad(set_to_none=True)
-        chunks = range(0, len(ex), batch_size)
-        for start in tqdm(chunks, desc=f"posthoc {task}", disable=not progress):
-            mb = collate(
-                ex, np.arange(start, min(start + batch_size, len(ex))), tokenizer.pad_token_id
-            )
-            loss = supervised_loss_sum(model, mb.input_ids.to(dev), None, mb.labels.to(dev), amp)
-            (loss / total).backward()
-        deltas[task] = {
-            n: (p.grad.detach().float().cpu() if p.grad is not None else torch.zeros(p.shape))
-            for n, p in params
-        }
-    model.zero_grad(set_to_none=True)
+        bar = functools.partial(tqdm, desc=f"posthoc {task}", disable=not progress)
+        grads = mean_loss_gradient(
+            model, params, examples[task], tokenizer.pad_token_id, batch_size=batch_size,
+            amp=autocast_dtype(dev), progress=bar,
+        )  # fmt: skip
+        deltas[task] = {n: g.cpu() for (n, _), g in zip(named, grads, strict=True)}
     save_trace(out_path, deltas, {"mode": "posthoc"})

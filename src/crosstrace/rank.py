@@ -42,19 +42,20 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors import SafetensorError, safe_open
 
 from crosstrace.atomic import atomic_file
 from crosstrace.errors import ConfigError, InputDataError
+from crosstrace.outputs import RANKING_FILES
 from crosstrace.param_map import MODULE_CODE, MODULES, NO_HEAD, NO_NEURON, ParamMap, ParamSpec
+from crosstrace.runs import Run
+from crosstrace.tracefile import TASKS, TraceFile, TraceSource
 
-TASKS = ("bio", "qa")
 SCOPES = ("global", "per_tensor")
 DEFINITIONS = ("trajectory", "endpoint")
 RANK_PARAMS = ("matrices", "all")
@@ -210,59 +211,147 @@ def ranked_tensors(
     return out
 
 
-def stratum_key(param: str, module: str, head: int) -> tuple[str, str, int]:
-    """The stratum of the null and of the matched controls: a head slice, or the tensor."""
-    return (param, module, int(head))
+# ---- strata: the one definition of the null's and the controls' cells -------------------
+
+
+def stratum_codes(module_codes: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """The stratum of rows or elements inside one parameter, as one integer per entry.
+
+    A stratum is (param, module, head): a head slice of an attention tensor, or the whole
+    module's rows where no head applies (``heads`` holds ``NO_HEAD`` there). Inside one
+    parameter the code is module · 65536 + head + 1.
+    """
+    return module_codes.astype(np.int64) * 65536 + (heads.astype(np.int64) + 1)
+
+
+def strata_ids(pmap: ParamMap, name: str, shape: Sequence[int]) -> np.ndarray:
+    """Per element of one parameter (flat): its stratum code (:func:`stratum_codes`)."""
+    cols = pmap.spec(name, tuple(shape)).columns()
+    return stratum_codes(cols["module"], cols["head"])
+
+
+Masks = dict[str, np.ndarray]  # {param: bool mask of the parameter's shape}
+
+
+@dataclass(frozen=True)
+class Population:
+    """The ranked elements of every parameter (bool masks) and each element's stratum."""
+
+    ranked: Masks
+    strata: dict[str, np.ndarray]
+
+    @classmethod
+    def of(
+        cls, pmap: ParamMap, shapes: Mapping[str, Sequence[int]], settings: RankSettings
+    ) -> Population:
+        ranked: Masks = {}
+        for t in ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params):
+            mask = ranked.setdefault(t.param, np.zeros(tuple(shapes[t.param]), dtype=bool))
+            mask.reshape(t.spec.n_rows, t.spec.n_cols)[t.rows] = True
+        return cls(ranked, {n: strata_ids(pmap, n, shapes[n]) for n in ranked})
+
+
+def stratified_draw(
+    quota: Masks,
+    candidates: Masks,
+    strata: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+) -> Masks:
+    """Per parameter and stratum, draw as many ``candidates`` as ``quota`` holds there.
+
+    Where a stratum has fewer candidates than its quota, all of them are taken.
+    """
+    out: Masks = {}
+    for name, q in quota.items():
+        sid = strata[name]
+        need_ids, need = np.unique(sid[q.reshape(-1)], return_counts=True)
+        chosen = np.zeros(q.size, dtype=bool)
+        cand_idx = np.flatnonzero(candidates[name].reshape(-1))
+        cand_sid = sid[cand_idx]
+        for s, n in zip(need_ids, need, strict=True):
+            pool = cand_idx[cand_sid == s]
+            take = min(int(n), len(pool))
+            if take:
+                chosen[rng.choice(pool, size=take, replace=False)] = True
+        out[name] = chosen.reshape(q.shape)
+    return out
+
+
+CONTROLS = ("random", "bio_only", "qa_only")
+
+
+def control_sets(
+    top: Mapping[str, Masks],
+    population: Population,
+    *,
+    draws: int,
+    seed: Sequence[int],
+    controls: Sequence[str] = CONTROLS,
+) -> dict[tuple[str, int], Masks]:
+    """The shared set of one ranked set and its matched controls, ``draws`` of each.
+
+    ``top``: ``{task: masks}`` (:func:`member_masks`). Every control holds, in every stratum,
+    as many elements as the shared set has there: ``random`` drawn among the stratum's ranked
+    elements outside the shared set, ``bio_only`` / ``qa_only`` among one task's top-k minus
+    the shared set (a stratum with fewer such elements gives all it has). Draw ``d`` of
+    control ``c`` uses the generator ``[*seed, c, d]``, so every consumer that passes the same
+    ``seed`` gets the same sets (``controls`` picks some of them). Returns
+    ``{("shared", 0): …, (control, draw): …}``.
+    """
+    params = list(top["bio"])
+    shared = {n: top["bio"][n] & top["qa"][n] for n in params}
+    ranked = population.ranked
+    candidates = {
+        "random": {n: ranked[n] & ~shared[n] for n in params},
+        "bio_only": {n: top["bio"][n] & ~shared[n] for n in params},
+        "qa_only": {n: top["qa"][n] & ~shared[n] for n in params},
+    }
+    out: dict[tuple[str, int], Masks] = {("shared", 0): shared}
+    for control in controls:
+        for draw in range(draws):
+            rng = np.random.default_rng([*seed, CONTROLS.index(control), draw])
+            out[(control, draw)] = stratified_draw(
+                shared, candidates[control], population.strata, rng
+            )
+    return out
+
+
+def condition_masks(
+    source: TraceSource,
+    pmap: ParamMap,
+    ranking: pd.DataFrame,
+    settings: RankSettings,
+    *,
+    draws: int,
+    seed: Sequence[int],
+    population: Population | None = None,
+    controls: Sequence[str] = CONTROLS,
+    **ranked_set: Any,
+) -> dict[tuple[str, int], Masks]:
+    """``{(condition, draw): {param: mask}}`` of one ranked set: ``none`` (no mask), the
+    shared set and its controls (:func:`control_sets`). ``ranked_set``: which one, as
+    :func:`member_masks` takes it (``definition``, ``scope``, ``k``, ``shapes``)."""
+    top = member_masks(source, pmap, ranking, settings, **ranked_set)
+    pop = population or Population.of(pmap, ranked_set["shapes"], settings)
+    sets = control_sets(top, pop, draws=draws, seed=seed, controls=controls)
+    return {("none", 0): {}, **sets}
+
+
+def control_seed(
+    base_seed: int, run_seed: int, k: float, definition: str, scope: str, settings: RankSettings
+) -> list[int]:
+    """The seed of :func:`control_sets` for one ranked set of one run (the ablation and the
+    consistency of θT draw the same controls from it)."""
+    return [
+        int(base_seed),
+        int(run_seed),
+        round(k * 1e6),
+        settings.definitions.index(definition),
+        settings.scopes.index(scope),
+    ]
 
 
 # ---- reading traces ----------------------------------------------------------------------
-
-
-class TraceSource(Protocol):
-    def get(self, task: str, param: str) -> np.ndarray: ...
-
-
-class TraceFile:
-    """A trace safetensors file (``{task}/{param}`` fp32 tensors), read one tensor at a time."""
-
-    def __init__(self, path: str | os.PathLike[str], what: str = "trace") -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputDataError(f"{what} file {self.path} does not exist")
-        try:
-            with safe_open(str(self.path), framework="np") as f:
-                keys = list(f.keys())
-                self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-                for key in keys:
-                    task, _, name = key.partition("/")
-                    self.shapes.setdefault(task, {})[name] = tuple(f.get_slice(key).get_shape())
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise InputDataError(f"{what} file {self.path} is unreadable: {exc}") from exc
-        self._handle = safe_open(str(self.path), framework="np")
-
-    @property
-    def tasks(self) -> list[str]:
-        return sorted(self.shapes)
-
-    def get(self, task: str, param: str) -> np.ndarray:
-        return self._handle.get_tensor(f"{task}/{param}").reshape(-1)
-
-
-class TraceDict:
-    """An in-memory trace ``{task: {param: tensor or array}}`` with the TraceFile interface."""
-
-    def __init__(self, trace: Mapping[str, Mapping[str, Any]]) -> None:
-        self.trace = trace
-        self.shapes = {t: {n: tuple(v.shape) for n, v in d.items()} for t, d in trace.items()}
-
-    @property
-    def tasks(self) -> list[str]:
-        return sorted(self.shapes)
-
-    def get(self, task: str, param: str) -> np.ndarray:
-        v = self.trace[task][param]
-        v = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-        return v.reshape(-1).astype(np.float32, copy=False)
 
 
 def _abs(source: TraceSource, task: str, t: RankedTensor) -> np.ndarray:
@@ -335,16 +424,6 @@ def compute_thresholds(
 # ---- one run -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Run:
-    model: str
-    strategy: str
-    seed: int
-
-    def __str__(self) -> str:
-        return f"{self.model}/{self.strategy}/seed{self.seed}"
-
-
 def _grouped(mask: np.ndarray, axis: int | None, inverse: np.ndarray, n_cells: int) -> np.ndarray:
     if axis is None:
         return np.array([int(mask.sum())], dtype=np.int64)
@@ -369,21 +448,7 @@ def rank_traces(
     run: Run | str = "run",
 ) -> dict[str, pd.DataFrame]:
     """Rank the traces of one run (``{definition: source}``); return the three tables."""
-    missing_defs = [d for d in settings.definitions if d not in traces]
-    if missing_defs:
-        raise InputDataError(f"{run}: no trace for definition(s) {missing_defs}")
-    shapes = None
-    for d in settings.definitions:
-        src = traces[d]
-        tasks = sorted(getattr(src, "shapes", {}))
-        if tasks != sorted(TASKS):
-            raise InputDataError(
-                f"{run}: the {d} trace holds tasks {tasks}, expected {list(TASKS)}"
-            )
-        shapes = src.shapes["bio"]  # type: ignore[attr-defined]
-        if src.shapes["qa"] != shapes:  # type: ignore[attr-defined]
-            raise InputDataError(f"{run}: the {d} trace's bio and qa tensors differ in shape")
-    assert shapes is not None
+    shapes = _trace_shapes(traces, settings, run)
     tensors = ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params)
     if not tensors:
         raise ConfigError(
@@ -400,16 +465,7 @@ def rank_traces(
     agree: dict[tuple[str, float, str], list[int]] = {}
     combos = [(s, k) for s in settings.scopes for k in settings.k_percent]
     for i, t in enumerate(tensors):
-        axis, heads, neurons = t.cell_axis()
-        key = heads.astype(np.int64) * (1 << 32) + neurons.astype(np.int64)
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        if axis is None:
-            per_cell = np.array([t.n], dtype=np.int64)
-        else:
-            per = t.spec.n_cols if axis == 1 else len(t.rows)
-            per_cell = np.bincount(inverse, minlength=len(uniq)).astype(np.int64) * per
-        cell_head, cell_neuron = heads[first].astype(np.int32), neurons[first].astype(np.int32)
-        qheads = [_query_heads(pmap, t.module, int(h)) for h in cell_head]
+        axis, inverse, cell = _cells(t, pmap)
         values = {
             (d, task): _abs(traces[d], task, t) for d in settings.definitions for task in TASKS
         }
@@ -426,7 +482,8 @@ def rank_traces(
                          th.k_size[(scope, k, task, i)], thr, int(m.sum()))
                     )  # fmt: skip
                 b, q = members[(d, "bio")], members[(d, "qa")]
-                counts = [_grouped(x, axis, inverse, len(uniq)) for x in (b, q, b & q)]
+                n_cells = len(cell["n_params"])
+                counts = [_grouped(x, axis, inverse, n_cells) for x in (b, q, b & q)]
                 cell_chunks.append(
                     pd.DataFrame(
                         {
@@ -436,10 +493,7 @@ def rank_traces(
                             "param": t.param,
                             "layer": -1 if t.spec.layer is None else t.spec.layer,
                             "module": t.module,
-                            "head": cell_head,
-                            "neuron": cell_neuron,
-                            "query_heads": qheads,
-                            "n_params": per_cell,
+                            **cell,
                             "n_bio": counts[0],
                             "n_qa": counts[1],
                             "n_shared": counts[2],
@@ -454,6 +508,61 @@ def rank_traces(
                     acc[1] += int(e.sum())
                     acc[2] += int((a & e).sum())
         del values
+    return _tables(rank_rows, cell_chunks, agree)
+
+
+def _trace_shapes(
+    traces: Mapping[str, TraceSource], settings: RankSettings, run: Run | str
+) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of the traces to rank, checked: every definition's trace holds
+    both tasks, with the same shapes."""
+    missing_defs = [d for d in settings.definitions if d not in traces]
+    if missing_defs:
+        raise InputDataError(f"{run}: no trace for definition(s) {missing_defs}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for d in settings.definitions:
+        src = traces[d]
+        tasks = sorted(getattr(src, "shapes", {}))
+        if tasks != sorted(TASKS):
+            raise InputDataError(
+                f"{run}: the {d} trace holds tasks {tasks}, expected {list(TASKS)}"
+            )
+        shapes = src.shapes["bio"]
+        if src.shapes["qa"] != shapes:
+            raise InputDataError(f"{run}: the {d} trace's bio and qa tensors differ in shape")
+    return shapes
+
+
+def _cells(t: RankedTensor, pmap: ParamMap) -> tuple[int | None, np.ndarray, dict[str, Any]]:
+    """How one ranked tensor's elements group into cells: (axis summed away, cell index per
+    row or column, and the columns head, neuron, query_heads, n_params of each cell)."""
+    axis, heads, neurons = t.cell_axis()
+    key = heads.astype(np.int64) * (1 << 32) + neurons.astype(np.int64)
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if axis is None:
+        per_cell = np.array([t.n], dtype=np.int64)
+    else:
+        per = t.spec.n_cols if axis == 1 else len(t.rows)
+        per_cell = np.bincount(inverse, minlength=len(uniq)).astype(np.int64) * per
+    cell_head = heads[first].astype(np.int32)
+    return (
+        axis,
+        inverse,
+        {
+            "head": cell_head,
+            "neuron": neurons[first].astype(np.int32),
+            "query_heads": [_query_heads(pmap, t.module, int(h)) for h in cell_head],
+            "n_params": per_cell,
+        },
+    )
+
+
+def _tables(
+    rank_rows: list[tuple],
+    cell_chunks: list[pd.DataFrame],
+    agree: dict[tuple[str, float, str], list[int]],
+) -> dict[str, pd.DataFrame]:
+    """The ranking, cells and agreement tables from the rows :func:`rank_traces` gathered."""
     ranking = pd.DataFrame(
         rank_rows,
         columns=["definition", "scope", "k_percent", "task", "param", "layer", "module",
@@ -472,7 +581,7 @@ def rank_traces(
     return {"ranking": ranking, "cells": cells, "agreement": agreement}
 
 
-OUTPUTS = ("ranking", "cells", "agreement")
+OUTPUTS = tuple(RANKING_FILES)
 
 
 def _metadata(run: Run, settings: RankSettings, pmap: ParamMap) -> dict[bytes, bytes]:

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from crosstrace.batches import IGNORE
-from crosstrace.consistency import PROBE_SEED
+from crosstrace.probes import PROBE_SEED
 from crosstrace.templates import QA_TEMPLATES
 from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target
 

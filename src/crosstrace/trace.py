@@ -1,4 +1,5 @@
-"""The cross-task gradient trace: Δ_task,i = Σ_t lr_t · g_task,t,i, summed beside the optimizer.
+"""The cross-task gradient trace accumulator: Δ_task,i = Σ_t lr_t · g_task,t,i, summed beside
+the optimizer (the file it is saved to: :mod:`crosstrace.tracefile`).
 
 The trace only reads ``.grad``; the optimizer sees exactly the gradient of untraced training.
 With gradient clipping, each task's share is scaled by the same clip coefficient as the step,
@@ -7,20 +8,12 @@ so Δ_bio + Δ_qa is the lr-weighted sum of the gradients the optimizer actually
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from crosstrace import distributed
-from crosstrace.atomic import atomic_file
-from crosstrace.errors import InputDataError
-
-TASKS = ("bio", "qa")
-FORMAT = "crosstrace-trace/1"
+from crosstrace.tracefile import TASKS, Trace
 
 
 class GradientTrace:
@@ -40,7 +33,7 @@ class GradientTrace:
         named_params: Iterable[tuple[str, torch.nn.Parameter]],
         *,
         offload_cpu: bool = False,
-        initial: dict[str, dict[str, torch.Tensor]] | None = None,
+        initial: Trace | None = None,
     ) -> None:
         self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
@@ -113,56 +106,26 @@ class GradientTrace:
             grads = [g.to(self.store_device, non_blocking=False) for g in grads]
         torch._foreach_add_(acc, grads, alpha=alpha)
 
-    def state(self) -> dict[str, dict[str, torch.Tensor]]:
+    def restore(self, whole: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Set the accumulators to ``whole`` (whole tensors, e.g. from a checkpoint); under
+        FSDP each rank keeps its shard of them."""
+        for task, per_param in whole.items():
+            for i, (name, param) in enumerate(zip(self.names, self.params, strict=True)):
+                self.delta[task][i].copy_(distributed.shard_like(per_param[name], param))
+
+    def state(self) -> Trace:
         """The accumulators as they are held: this rank's shards under FSDP."""
         return {task: dict(zip(self.names, acc, strict=True)) for task, acc in self.delta.items()}
 
-    def full_state(self) -> dict[str, dict[str, torch.Tensor]] | None:
+    def full_state(self) -> Trace | None:
         """Whole accumulators, on the CPU: the same as :meth:`state` without FSDP. Under FSDP
         every rank must call it (each tensor is gathered in turn, then moved to the CPU), and
         only rank 0 gets the result; the others get None."""
         if not any(distributed.is_sharded(p) for p in self.params):
             return self.state()
-        out: dict[str, dict[str, torch.Tensor]] = {}
+        out: Trace = {}
         for task, accs in self.delta.items():
             whole = distributed.whole_from_shards(accs, self.params)
             if whole is not None:
                 out[task] = dict(zip(self.names, whole, strict=True))
         return out if distributed.current().is_main else None
-
-
-def save_trace(
-    path: str | os.PathLike[str],
-    deltas: dict[str, dict[str, torch.Tensor]],
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """One fp32 tensor per parameter and task, keyed ``"{task}/{param}"``, written atomically."""
-    tensors = {
-        f"{task}/{name}": t.detach().to("cpu", torch.float32).contiguous()
-        for task, params in deltas.items()
-        for name, t in params.items()
-    }
-    meta = {"format": FORMAT, "tasks": ",".join(deltas), **(metadata or {})}
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def load_trace(path: str | os.PathLike[str]) -> dict[str, dict[str, torch.Tensor]]:
-    """Read a trace file back as ``{task: {param: tensor}}``."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputDataError(f"trace file {file} does not exist; run the training rule first")
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise InputDataError(
-                    f"{file} is not a crosstrace trace (format {meta.get('format')!r})"
-                )
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                task, name = key.split("/", 1)
-                out.setdefault(task, {})[name] = handle.get_tensor(key)
-    except (OSError, ValueError, SafetensorError) as exc:  # truncated or not safetensors
-        raise InputDataError(f"trace file {file} is unreadable or truncated: {exc}") from exc
-    return out

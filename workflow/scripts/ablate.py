@@ -5,7 +5,8 @@ from crosstrace.joblog import start_job
 start_job(snakemake.log[0], snakemake.threads)
 
 from crosstrace.ablate import ablate_run  # noqa: E402
-from crosstrace.rank import RankSettings, Run  # noqa: E402
+from crosstrace.rank import RankSettings  # noqa: E402
+from crosstrace.runs import Run  # noqa: E402
 
 settings = RankSettings(**snakemake.params.settings)
 ablate_run(

@@ -4,14 +4,14 @@ from crosstrace.joblog import start_job
 
 start_job(snakemake.log[0])
 
-from crosstrace.rank import RankSettings, Run, rank_run  # noqa: E402
+from crosstrace.rank import OUTPUTS, RankSettings, rank_run  # noqa: E402
+from crosstrace.runs import Run  # noqa: E402
 
 settings = RankSettings(**snakemake.params.settings)
 rank_run(
     {d: snakemake.input[d] for d in settings.definitions},
     snakemake.input.model,
-    {"ranking": snakemake.output.ranking, "cells": snakemake.output.cells,
-     "agreement": snakemake.output.agreement},
+    {what: snakemake.output[what] for what in OUTPUTS},
     run=Run(**snakemake.params.run),
     settings=settings,
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Adapter: synthesize the bioS fact world (rules/synthesize.smk)."""
+"""Adapter: synthesize the bioS fact world (rules/world.smk)."""
 
 from crosstrace.joblog import start_job
 

@@ -17,4 +17,4 @@ rule synthesize:
     params:
         world=config["world"],
     script:
-        "../workflow/scripts/synthesize.py"
+        "../workflow/scripts/world.py"

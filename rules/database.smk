@@ -24,19 +24,8 @@ rule aggregate:
     params:
         trace_root=lambda wc, input: trace_root_of(input.traces[0]),
         tables_dir=lambda wc, output: os.path.dirname(output.accuracy),
-        runs=lambda wc: [
-            {
-                "run": {"model": m, "strategy": s, "seed": seed},
-                "predictions": os.path.join(
-                    run_dir(m, s, seed), "predictions.parquet"
-                ),
-                **ranking_files(m, s, seed),
-                "ablation": os.path.join(run_dir(m, s, seed), "ablation.parquet"),
-                **consistency_files(m, s, seed),
-            }
-            for m, s, seed in all_runs()
-        ],
+        runs=lambda wc: [run_files(*run) for run in all_runs()],
         settings=rank_settings(),
         memory_limit=config["analysis"]["duckdb_memory_limit"],
     script:
-        "../workflow/scripts/aggregate.py"
+        "../workflow/scripts/database.py"

@@ -7,7 +7,7 @@ rule dump_trace:
     atomically, so its presence means the dump is complete.
     """
     input:
-        trace=res("runs/{model}/{strategy}/seed{seed}/trace.safetensors"),
+        trace=run_file(TRACE_FILES["trajectory"]),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
         parts=directory(res("trace/model={model}/strategy={strategy}/seed={seed}")),
@@ -29,4 +29,4 @@ rule dump_trace:
         },
         top_percent=config["trace"]["dump_top_percent"],
     script:
-        "../workflow/scripts/trace.py"
+        "../workflow/scripts/dump.py"

@@ -1,5 +1,5 @@
 """Adapter: consistency, representation and token dependence of one run's θT
-(rules/consistency.smk)."""
+(rules/final_model.smk)."""
 
 from crosstrace.joblog import start_job
 
@@ -7,8 +7,9 @@ start_job(snakemake.log[0], snakemake.threads)
 
 import os  # noqa: E402
 
-from crosstrace.consistency import FINAL_OUTPUTS, analyse_final_model  # noqa: E402
-from crosstrace.rank import RankSettings, Run  # noqa: E402
+from crosstrace.final_model import FINAL_OUTPUTS, analyse_final_model  # noqa: E402
+from crosstrace.rank import RankSettings  # noqa: E402
+from crosstrace.runs import Run  # noqa: E402
 
 settings = RankSettings(**snakemake.params.settings)
 analyse_final_model(

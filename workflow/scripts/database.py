@@ -1,11 +1,12 @@
-"""Adapter: results/crosstrace.duckdb and the tables it exports (rules/aggregate.smk)."""
+"""Adapter: results/crosstrace.duckdb and the tables it exports (rules/database.smk)."""
 
 from crosstrace.joblog import start_job
 
 start_job(snakemake.log[0])
 
 from crosstrace.database import RunFiles, build_database  # noqa: E402
-from crosstrace.rank import RankSettings, Run  # noqa: E402
+from crosstrace.rank import RankSettings  # noqa: E402
+from crosstrace.runs import Run  # noqa: E402
 
 build_database(
     snakemake.params.trace_root,

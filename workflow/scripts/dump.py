@@ -1,4 +1,4 @@
-"""Adapter: dump one run's trace to hive-partitioned Parquet (rules/trace.smk)."""
+"""Adapter: dump one run's trace to hive-partitioned Parquet (rules/dump.smk)."""
 
 from crosstrace.joblog import start_job
 

@@ -6,13 +6,9 @@ rule consistency:
         unpack(rank_traces),
         **DATA,
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
-        ranking=res("runs/{model}/{strategy}/seed{seed}/ranking.parquet"),
+        ranking=run_file(RANKING_FILES["ranking"]),
     output:
-        by_set=res("runs/{model}/{strategy}/seed{seed}/consistency_by_set.parquet"),
-        representation=res("runs/{model}/{strategy}/seed{seed}/representation.parquet"),
-        token_dependence=res(
-            "runs/{model}/{strategy}/seed{seed}/token_dependence.parquet"
-        ),
+        **{what: run_file(name) for what, name in FINAL_MODEL_FILES.items()},
     log:
         res("logs/consistency/{model}/{strategy}/seed{seed}.log"),
     benchmark:
@@ -35,4 +31,4 @@ rule consistency:
         ablation_seed=config["analysis"]["ablation_seed"],
         device=config["device"],
     script:
-        "../workflow/scripts/consistency.py"
+        "../workflow/scripts/final_model.py"

@@ -1,0 +1,79 @@
+"""The names of the pipeline's outputs: the one list of each, read by the library and by the
+workflow (``rules/common.smk``), so a table or figure added here is built, exported and
+required everywhere at once.
+"""
+
+from __future__ import annotations
+
+# results/tables/<name>.parquet: what ``crosstrace.database`` exports from the database.
+TABLES = (
+    "accuracy",
+    "ranking",
+    "shared_counts",
+    "overlap",
+    "concentration",
+    "ablation",
+    "ablation_draws",
+    "definition_agreement",
+    "accuracy_summary",
+    "overlap_summary",
+    "concentration_summary",
+    "ablation_summary",
+    "consistency",
+    "consistency_by_module",
+    "consistency_by_set",
+    "representation",
+    "token_dependence",
+    "consistency_summary",
+    "consistency_by_set_summary",
+    "representation_summary",
+    "token_dependence_summary",
+)
+
+# results/tables/csv/<name>.csv: the tables the HTML report carries beside the figures.
+REPORT_TABLES = (
+    "accuracy_summary",
+    "overlap",
+    "overlap_summary",
+    "ablation_summary",
+    "concentration_summary",
+    "definition_agreement",
+    "consistency_by_set_summary",
+    "representation_summary",
+    "token_dependence_summary",
+)
+
+# results/figures/<name>.<format>: what ``crosstrace.plots`` draws.
+FIGURES = (
+    "accuracy",
+    "shared_by_layer_module",
+    "shared_head_heatmap",
+    "overlap_vs_k",
+    "concentration",
+    "ablation",
+    "consistency_vs_step",
+    "consistency_by_set",
+    "representation",
+    "token_dependence",
+)
+
+# Files inside a run folder (results/runs/{model}/{strategy}/seed{seed}/), by role.
+TRACE_FILES = {  # by definition of Δ (crosstrace.rank.DEFINITIONS)
+    "trajectory": "trace.safetensors",
+    "endpoint": "endpoint_trace.safetensors",
+}
+RANKING_FILES = {  # crosstrace.rank
+    "ranking": "ranking.parquet",
+    "cells": "ranking_cells.parquet",
+    "agreement": "ranking_agreement.parquet",
+}
+TRAIN_LOG_FILE = "train_log.parquet"  # one row per optimizer step
+PREDICTIONS_FILE = "predictions.parquet"  # crosstrace.evaluate
+ABLATION_FILE = "ablation.parquet"  # crosstrace.ablate
+TRAINING_CONSISTENCY_FILE = "consistency.parquet"  # records written during training
+FINAL_MODEL_FILES = {  # crosstrace.final_model: analyses of θT
+    "by_set": "consistency_by_set.parquet",
+    "representation": "representation.parquet",
+    "token_dependence": "token_dependence.parquet",
+}
+CONSISTENCY_FILES = {"consistency": TRAINING_CONSISTENCY_FILE, **FINAL_MODEL_FILES}

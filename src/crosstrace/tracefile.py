@@ -1,0 +1,134 @@
+"""The trace file format: one fp32 tensor per task and parameter, keyed ``"{task}/{param}"``.
+
+This module is the one owner of the format: the task names, the key, the writer and the
+readers. Training writes a trace with :func:`save_trace`; the ranking, the dump, the ablation
+and the analyses of θT read it one tensor at a time through :class:`TraceFile`; a checkpoint
+stores the same keys (:func:`flatten` / :func:`unflatten`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from crosstrace.atomic import atomic_file
+from crosstrace.errors import InputDataError
+
+TASKS = ("bio", "qa")
+FORMAT = "crosstrace-trace/1"
+
+Trace = dict[str, dict[str, torch.Tensor]]  # {task: {param: tensor}}
+
+
+def key(task: str, param: str) -> str:
+    """The safetensors key of one task's Δ of one parameter."""
+    return f"{task}/{param}"
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """``(task, param)`` of a key written by :func:`key`."""
+    task, _, param = name.partition("/")
+    return task, param
+
+
+def flatten(trace: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``{task: {param: t}}`` as ``{key: t}`` (CPU, fp32, contiguous), ready for safetensors."""
+    return {
+        key(task, name): t.detach().to("cpu", torch.float32).contiguous()
+        for task, params in trace.items()
+        for name, t in params.items()
+    }
+
+
+def unflatten(tensors: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The inverse of :func:`flatten`."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        task, param = split_key(name)
+        out.setdefault(task, {})[param] = value
+    return out
+
+
+def save_trace(
+    path: str | os.PathLike[str], deltas: Trace, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a trace atomically, with the format and the tasks in its metadata."""
+    meta = {"format": FORMAT, "tasks": ",".join(deltas), **(metadata or {})}
+    with atomic_file(path) as tmp:
+        save_file(flatten(deltas), str(tmp), metadata=meta)
+
+
+def load_trace(path: str | os.PathLike[str]) -> Trace:
+    """Read a whole trace file back as ``{task: {param: tensor}}``."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputDataError(f"trace file {file} does not exist; run the training rule first")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise InputDataError(
+                    f"{file} is not a crosstrace trace (format {meta.get('format')!r})"
+                )
+            return unflatten({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+    except (OSError, ValueError, SafetensorError) as exc:  # truncated or not safetensors
+        raise InputDataError(f"trace file {file} is unreadable or truncated: {exc}") from exc
+
+
+class TraceSource(Protocol):
+    """What the analyses read of a trace: the tasks, the shapes, and one flat tensor."""
+
+    shapes: dict[str, dict[str, tuple[int, ...]]]
+
+    def get(self, task: str, param: str) -> np.ndarray: ...
+
+
+class TraceFile:
+    """A trace file read one tensor at a time (memory-mapped), as flat float32 arrays."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "trace") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputDataError(f"{what} file {self.path} does not exist")
+        try:
+            with safe_open(str(self.path), framework="np") as f:
+                keys = list(f.keys())
+                self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+                for name in keys:
+                    task, param = split_key(name)
+                    shape = tuple(f.get_slice(name).get_shape())
+                    self.shapes.setdefault(task, {})[param] = shape
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise InputDataError(f"{what} file {self.path} is unreadable: {exc}") from exc
+        self._handle = safe_open(str(self.path), framework="np")
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.shapes)
+
+    def get(self, task: str, param: str) -> np.ndarray:
+        return self._handle.get_tensor(key(task, param)).reshape(-1)
+
+
+class TraceDict:
+    """An in-memory trace ``{task: {param: tensor or array}}`` read like a :class:`TraceFile`."""
+
+    def __init__(self, trace: Mapping[str, Mapping[str, Any]]) -> None:
+        self.trace = trace
+        self.shapes = {t: {n: tuple(v.shape) for n, v in d.items()} for t, d in trace.items()}
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.shapes)
+
+    def get(self, task: str, param: str) -> np.ndarray:
+        v = self.trace[task][param]
+        v = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        return v.reshape(-1).astype(np.float32, copy=False)

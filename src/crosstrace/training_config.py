@@ -1,0 +1,129 @@
+"""The ``training:`` and ``trace:`` config sections as typed objects, and which of their keys
+each training phase depends on (the workflow's params and the checkpoint fingerprint).
+
+No defaults here: the config schema owns them, and ``from_dict`` fills the keys a caller
+leaves out from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from crosstrace.config import section_defaults
+from crosstrace.distributed import DistributedConfig
+from crosstrace.errors import ConfigError
+from crosstrace.optim import OPTIMIZERS
+
+# Keys that change how a run is computed, not what it computes: left out of the checkpoint
+# fingerprint (resuming checks them on their own) and, at their defaults, out of the
+# workflow's params (so runs trained before these keys existed keep their recorded params).
+LAYOUT = {"distributed": "none", "nproc": 1}
+
+# Keys every phase depends on, and the ones only some phases read: changing qa_epochs reruns
+# the QA stage, not the shared BIO stage or the mixed runs.
+COMMON_KEYS = (
+    "optimizer",
+    "lr",
+    "min_lr_ratio",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "batch_size",
+    "grad_accum",
+    "checkpoint_every",
+    "pack",
+    "pack_length",
+)
+PHASE_KEYS = {
+    "bio": ("bio_epochs",),
+    "qa": ("qa_epochs",),
+    "mix": ("mix_epochs", "qa_ratio", "qa_loss_weight"),
+}
+TRACE_KEYS = ("enabled", "offload_cpu")  # what training reads of ``trace:``
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The ``training:`` section."""
+
+    optimizer: str
+    lr: float
+    min_lr_ratio: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float | None
+    batch_size: int
+    grad_accum: int
+    bio_epochs: int
+    qa_epochs: int
+    mix_epochs: int
+    qa_ratio: float
+    # mix: w · mean QA token loss + (1 − w) · mean BIO token loss per step. None (library use
+    # only): the token mean over both tasks, which gives QA the share of its supervised tokens.
+    qa_loss_weight: float | None
+    pack: bool  # concatenate each task's examples into rows of pack_length tokens
+    pack_length: int
+    checkpoint_every: int
+    distributed: str  # none | ddp | fsdp (crosstrace.distributed)
+    nproc: int  # training processes per node
+
+    LAYOUT = tuple(LAYOUT)
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> TrainingConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}")
+        out = cls(**{**section_defaults("training"), **cfg})
+        if out.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"training.optimizer: {out.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
+            )
+        if out.lr <= 0:
+            raise ConfigError(f"training.lr must be > 0, got {out.lr}")
+        if out.qa_loss_weight is not None and not 0.0 < out.qa_loss_weight < 1.0:
+            raise ConfigError(
+                f"training.qa_loss_weight must be in (0, 1), got {out.qa_loss_weight}"
+            )
+        out.parallel()  # validates distributed / nproc
+        return out
+
+    def parallel(self) -> DistributedConfig:
+        return DistributedConfig(self.distributed, self.nproc)
+
+    def epochs(self, phase: str) -> int:
+        return {"bio": self.bio_epochs, "qa": self.qa_epochs, "mix": self.mix_epochs}[phase]
+
+    def fingerprint_part(self) -> dict[str, Any]:
+        """The settings that decide what a phase computes (the layout left out)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in LAYOUT}
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """What training needs of the ``trace:`` section."""
+
+    enabled: bool
+    offload_cpu: bool
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> TraceConfig:
+        merged = {**section_defaults("trace"), **cfg}
+        return cls(enabled=bool(merged["enabled"]), offload_cpu=bool(merged["offload_cpu"]))
+
+
+def phase_training(training: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The ``training`` keys one phase depends on, with the layout where it is not the
+    default (the workflow passes exactly these, so Snakemake reruns only what changed)."""
+    params = {k: training[k] for k in (*COMMON_KEYS, *PHASE_KEYS[phase])}
+    layout = {k: training[k] for k in LAYOUT}
+    if layout != LAYOUT:
+        params.update(layout)
+    return params
+
+
+def trace_section(trace: dict[str, Any]) -> dict[str, Any]:
+    """The ``trace`` keys training reads (``dump_top_percent`` belongs to the dump)."""
+    return {k: trace[k] for k in TRACE_KEYS}
