@@ -157,7 +157,7 @@ def consistency_cost(model, batches, optimizer, amp, training, traced_step, step
     """Gradient-consistency logging: its cost per recorded step, amortised over the interval."""
     probes, pad_id, every = model.crosstrace_probes
     recorder = ConsistencyRecorder(
-        model, ParamMap(model.config), every=every, probes=probes, pad_id=pad_id, phase="mix"
+        model, ParamMap(model.config), probes=probes, pad_id=pad_id, phase="mix"
     )
     tracer = GradientTrace(model.named_parameters())
     probe_s, instep_s = [], []

@@ -7,7 +7,8 @@ trace of 2 tasks with random Δ (QA correlated with BIO, so the overlap is non-t
 The trace.safetensors file is written streaming (header first, then one tensor at a time), so
 memory stays bounded by the largest tensor. Then it measures:
 
-1. dump throughput (parameters/s over both tasks) and bytes per parameter on disk,
+1. dump throughput (parameters/s over both tasks), bytes per parameter on disk and the dump's
+   peak RSS, in a fresh process,
 2. the ranking stage (``crosstrace.rank.rank_run``: thresholds, per-tensor and per-cell counts
    for 3 k values and both scopes) in a fresh process: time and peak RSS,
 3. the database build from the ranking outputs (memory_limit 2GB) and the shared-by-head
@@ -20,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -129,6 +129,20 @@ print(json.dumps({"rank_s": time.perf_counter() - t, "cells": len(tables["cells"
 """
 )
 
+DUMP_CHILD = (
+    HWM
+    + """
+import json, sys, time
+from pathlib import Path
+from crosstrace.dump import dump_trace
+trace, model, root = sys.argv[1:4]
+t = time.perf_counter()
+run_dir = dump_trace(trace, model, root, model="bench", strategy="mix", seed=0)
+size = sum(p.stat().st_size for p in Path(run_dir).rglob("*.parquet"))
+print(json.dumps({"dump_s": time.perf_counter() - t, "bytes": size, "peak_rss_mb": hwm_mb()}))
+"""
+)
+
 DUCKDB_CHILD = (
     HWM
     + """
@@ -174,8 +188,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
-    from crosstrace.dump import dump_trace
-
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     cfg = config_for(args.params)
@@ -192,24 +204,21 @@ def main() -> None:
     )
 
     root = work / "trace"
-    t = time.perf_counter()
-    run_dir = dump_trace(trace, work / "model", root, model="bench", strategy="mix", seed=0)
-    dump_s = time.perf_counter() - t
-    size = sum(p.stat().st_size for p in run_dir.rglob("*.parquet"))
+    dump = child(DUMP_CHILD, str(trace), str(work / "model"), str(root))
     res = {
         "params": n,
         "rows": 2 * n,
-        "dump_s": dump_s,
-        "dump_params_per_s": 2 * n / dump_s,
-        "bytes": size,
-        "bytes_per_param": size / (2 * n),
-        # includes the page cache of the memory-mapped trace file that safetensors reads
-        "dump_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dump_s": dump["dump_s"],
+        "dump_params_per_s": 2 * n / dump["dump_s"],
+        "bytes": dump["bytes"],
+        "bytes_per_param": dump["bytes"] / (2 * n),
+        "dump_peak_rss_mb": dump["peak_rss_mb"],  # the dump's own process
+        "trace_file_mb": trace.stat().st_size / 2**20,
         "cpus": os.cpu_count(),
     }
     print(
-        f"dump: {dump_s:.1f} s, {res['dump_params_per_s'] / 1e6:.2f} M params/s, "
-        f"{res['bytes_per_param']:.3f} bytes/param",
+        f"dump: {res['dump_s']:.1f} s, {res['dump_params_per_s'] / 1e6:.2f} M params/s, "
+        f"{res['bytes_per_param']:.3f} bytes/param, peak RSS {res['dump_peak_rss_mb']:.0f} MB",
         flush=True,
     )
     ranked = work / "ranked"

@@ -14,7 +14,7 @@ rule ablate:
         res("benchmarks/ablate/{model}/{strategy}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("ablate")
     resources:
         runtime=job_runtime("ablate"),
         mem_mb=job_mem_mb("ablate"),

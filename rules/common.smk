@@ -99,6 +99,11 @@ def job_runtime(rule):
     return lambda wildcards, attempt: config["resources"][rule]["runtime"] * attempt
 
 
+def job_threads(rule):
+    """Threads of a job of `rule` (config `resources`; 1 when not set)."""
+    return config["resources"][rule].get("threads", 1)
+
+
 def job_mem_mb(rule):
     """Memory (MB) for a job of `rule`: config `resources`, times the attempt."""
     return lambda wildcards, attempt: config["resources"][rule]["mem_mb"] * attempt

@@ -17,7 +17,7 @@ rule aggregate:
         res("benchmarks/aggregate.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("aggregate")
     resources:
         runtime=job_runtime("aggregate"),
         mem_mb=job_mem_mb("aggregate"),

@@ -13,7 +13,7 @@ rule evaluate:
         res("benchmarks/evaluate/{model}/{strategy}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("evaluate")
     resources:
         runtime=job_runtime("evaluate"),
         mem_mb=job_mem_mb("evaluate"),

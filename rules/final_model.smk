@@ -15,7 +15,7 @@ rule consistency:
         res("benchmarks/consistency/{model}/{strategy}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("consistency")
     resources:
         runtime=job_runtime("consistency"),
         mem_mb=job_mem_mb("consistency"),

@@ -11,7 +11,7 @@ rule endpoint_trace:
         res("benchmarks/endpoint_trace/{model}/{strategy}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("endpoint_trace")
     resources:
         runtime=job_runtime("endpoint_trace"),
         mem_mb=job_mem_mb("endpoint_trace"),

@@ -20,7 +20,7 @@ rule train_bio:
         res("benchmarks/train_bio/{model}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("train_bio")
     resources:
         runtime=job_runtime("train_bio"),
         mem_mb=job_mem_mb("train_bio"),
@@ -60,7 +60,7 @@ rule train:
         res("benchmarks/train/{model}/{strategy}/seed{seed}.tsv")
     conda:
         "../envs/crosstrace.yaml"
-    threads: 2
+    threads: job_threads("train")
     resources:
         runtime=job_runtime("train"),
         mem_mb=job_mem_mb("train"),

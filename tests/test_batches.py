@@ -53,3 +53,29 @@ def test_pack_length_shorter_than_an_example_is_an_error() -> None:
     with pytest.raises(ConfigError, match=rf"pack_length \({longest - 1}\).*{longest} tokens"):
         pack(ex, longest - 1, seed=0)
     assert len(pack(ex, longest, seed=0)) > 0
+
+
+def test_micro_batches_cut_the_step_in_order_of_length() -> None:
+    """With grad_accum > 1 a step's examples are cut shortest first: the same examples and
+    supervised tokens, less padding than cutting them in the plan's order."""
+    ex = {"bio": examples("bio", n=64, seed=1)}
+    plan = StepPlan("bio", {"bio": 64}, batch_size=32, epochs=1, seed=0, grad_accum=2)
+    one = StepPlan("bio", {"bio": 64}, batch_size=32, epochs=1, seed=0, grad_accum=1)
+    for step in range(plan.total_steps):
+        mbs = plan.micro_batches(step, ex, pad_id=0)
+        (whole,) = one.micro_batches(step, ex, pad_id=0)
+        assert len(mbs) == 2
+        rows = sorted(r for mb in mbs for r in mb.input_ids[:, 0].tolist())
+        assert rows == sorted(whole.input_ids[:, 0].tolist())  # the same examples
+        assert sum(int((mb.labels[:, 1:] != IGNORE).sum()) for mb in mbs) == int(
+            (whole.labels[:, 1:] != IGNORE).sum()
+        )
+        short = int(mbs[0].attention_mask.sum(1).max())
+        assert short <= int(mbs[1].attention_mask.sum(1).min())  # every short one first
+        padded = sum(mb.input_ids.numel() for mb in mbs)
+        index = plan.step_indices(step)["bio"]
+        unsorted = sum(
+            max(len(ex["bio"].input_ids[i]) for i in part) * len(part)
+            for part in np.array_split(index, 2)
+        )
+        assert padded < unsorted

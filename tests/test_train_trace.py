@@ -106,6 +106,44 @@ def test_trace_identity_mix(base: Path, world: Path, tmp_path: Path) -> None:
     assert sum(float(t.abs().sum()) for t in delta["qa"].values()) > 0
 
 
+def test_trace_identity_under_bf16_autocast(base: Path, world: Path, tmp_path: Path) -> None:
+    """precision: bf16 (autocast in the forward and backward; fp32 weights, gradients and
+    trace): Δ_bio + Δ_qa is still the whole SGD change, and the run records its precision."""
+    from crosstrace.models import trained_precision
+
+    theta0 = weights(base)
+    final, trace_path = run(base, world, tmp_path, "mix", {**SGD, "precision": "bf16"})
+    theta_t, delta = weights(final), load_trace(trace_path)
+    assert all(t.dtype == torch.float32 for t in delta["bio"].values())
+    assert_close(
+        {n: delta["bio"][n] + delta["qa"][n] for n in theta0},
+        {n: theta0[n] - theta_t[n] for n in theta0},
+    )
+    assert trained_precision(load_model(final)[0]) == "bf16"
+    fp32, _ = run(base, world, tmp_path / "fp32", "mix", {**SGD, "precision": "fp32"})
+    assert trained_precision(load_model(fp32)[0]) == "fp32"
+    # bf16 really ran: its θT differs from the fp32 run's beyond float32 rounding
+    assert any(not torch.allclose(theta_t[n], w, atol=1e-6) for n, w in weights(fp32).items())
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crosstrace import devices
+    from crosstrace.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
+    assert devices.resolve_precision(cpu, "auto") == "bf16"
+    assert devices.autocast_dtype(cpu, "fp32") is None
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    assert devices.resolve_precision(cpu, "auto") == "fp32"
+    assert devices.autocast_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision"):
+        devices.resolve_precision(cpu, "fp16")
+    monkeypatch.undo()
+    monkeypatch.setenv(devices.CPU_BF16_ENV, "0")
+    assert devices.resolve_precision(cpu, "auto") == "fp32"  # what the test suite runs in
+
+
 def test_trace_identity_mix_weighted(base: Path, world: Path, tmp_path: Path) -> None:
     """With qa_loss_weight ≠ 0.5 the two Δ still add up to the whole SGD parameter change."""
     theta0 = weights(base)

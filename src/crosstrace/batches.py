@@ -40,6 +40,11 @@ class Examples:
         return len(self.input_ids)
 
     @functools.cached_property
+    def lengths(self) -> np.ndarray:
+        """Per example: its tokens."""
+        return np.array([len(ids) for ids in self.input_ids], dtype=np.int64)
+
+    @functools.cached_property
     def supervised_tokens(self) -> np.ndarray:
         """Per example: how many positions carry a loss (labels shifted by one)."""
         return np.array([int((lab[1:] != IGNORE).sum()) for lab in self.labels], dtype=np.int64)
@@ -306,6 +311,9 @@ class StepPlan:
         may get no example of a task when the step has fewer examples than ranks.
         ``equal_counts`` (FSDP, where every forward is a collective): every rank makes the same
         number of micro-batches per task, a rank short of examples stand-ins of weight 0.
+        With more than one micro-batch, a task's examples are cut in order of length, so each
+        micro-batch pads to a length close to its examples' own (the step's gradient is the
+        same sum over its examples).
         """
         batches = []
         for task, index in sorted(self.step_indices(step).items()):
@@ -313,6 +321,8 @@ class StepPlan:
             count = min(self.grad_accum, len(local))
             if equal_counts:
                 count = min(self.grad_accum, math.ceil(len(index) / world_size))
+            if count > 1:  # similar lengths together: less padding, the same summed gradient
+                local = local[np.argsort(examples[task].lengths[local], kind="stable")]
             for part in np.array_split(local, count) if count else []:
                 if len(part):
                     batches.append(collate(examples[task], part, pad_id))

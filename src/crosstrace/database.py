@@ -24,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crosstrace.atomic import atomic_file
@@ -118,6 +119,14 @@ def _load_dump_metadata(con: duckdb.DuckDBPyConnection, trace_root: Path) -> Non
     con.unregister("_incoming")
 
 
+def _predictions(path: str | os.PathLike[str]) -> pa.Table:
+    """A predictions file, with ``precision`` "unrecorded" where an older file has none."""
+    table = pq.read_table(path)
+    if "precision" not in table.column_names:
+        table = table.append_column("precision", pa.array(["unrecorded"] * len(table)))
+    return table
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """One run's inputs to the database: its predictions and ranking outputs."""
@@ -198,7 +207,9 @@ def build_database(
                         "agreement": str(files.agreement),
                     },
                 )
-                _run(con, "accuracy", {**params, "path": str(files.predictions)})
+                con.register("predictions_in", _predictions(files.predictions))
+                _run(con, "accuracy", params)
+                con.unregister("predictions_in")
                 if files.ablation is not None:
                     _run(con, "ablation_load", {"path": str(files.ablation)})
                 paths = {what: getattr(files, what) for what in CONSISTENCY_FILES}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from crosstrace.errors import ConfigError, CrosstraceError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,8 +32,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (where supported); full precision on the CPU."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+CPU_BF16_ENV = "CROSSTRACE_CPU_BF16"  # "0": treat every CPU as having no native bf16
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: CUDA with bf16 support, or a
+    CPU with AMX tiles or AVX512-BF16 (on other CPUs bf16 is emulated, and slower than fp32).
+    ``CROSSTRACE_CPU_BF16=0`` makes ``precision: auto`` choose fp32 on every CPU (the test
+    suite sets it, so that its fp32 tolerances hold on any CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu" and os.environ.get(CPU_BF16_ENV) != "0":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """``training.precision`` on ``device``: ``auto`` is bf16 where the hardware multiplies
+    bf16 natively and fp32 elsewhere; ``fp32`` and ``bf16`` are taken as they are."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"training.precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of the forward and backward passes (None: full fp32). Master weights,
+    gradients, the optimizer state and the trace stay fp32 in either case."""
+    return torch.bfloat16 if resolve_precision(device, precision) == "bf16" else None

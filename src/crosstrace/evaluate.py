@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from crosstrace.atomic import atomic_file
 from crosstrace.devices import resolve_device
 from crosstrace.errors import CrosstraceError
-from crosstrace.models import bos_id, count_parameters, load_model
+from crosstrace.models import bos_id, count_parameters, load_model, trained_precision
 from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target, read_bio, read_qa
 
 SPLIT_NAMES = {"train": "id", "test": "ood"}
@@ -218,6 +218,7 @@ def evaluate_run(
             f"parameters, evaluation batch_size={batch_size}, max_new_tokens={max_new_tokens}. "
             "Lower evaluation.batch_size, or use a GPU with more memory."
         ) from exc
+    predictions["precision"] = trained_precision(model)
     with atomic_file(out_path) as tmp:
         predictions.to_parquet(tmp, index=False)
     table = summarize(predictions)

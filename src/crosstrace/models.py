@@ -182,5 +182,19 @@ def bos_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | 
     return int(tokenizer.bos_token_id)
 
 
+PRECISION_KEY = "crosstrace_precision"  # in a trained model folder's config.json
+
+
+def record_precision(model: PreTrainedModel, precision: str) -> None:
+    """Record the training precision (fp32 | bf16) in the model's config (saved with it)."""
+    setattr(model.config, PRECISION_KEY, precision)
+
+
+def trained_precision(model: PreTrainedModel) -> str:
+    """The precision the model was trained in, as recorded; ``unrecorded`` for folders written
+    before it was recorded (θ0 and checkpoints of older versions)."""
+    return str(getattr(model.config, PRECISION_KEY, None) or "unrecorded")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -8,7 +8,10 @@ stores the same keys (:func:`flatten` / :func:`unflatten`).
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,30 +94,79 @@ class TraceSource(Protocol):
 
 
 class TraceFile:
-    """A trace file read one tensor at a time (memory-mapped), as flat float32 arrays."""
+    """A trace file read one tensor at a time, as flat arrays.
+
+    Each :meth:`get` reads its tensor with an ordinary file read (no memory map), so the
+    memory a reader holds is the tensors it keeps, not the pages of every tensor it has seen:
+    a paper-scale trace (11 GB per task for Pythia-2.8B) is ranked and dumped in the memory of
+    its largest tensors.
+    """
 
     def __init__(self, path: str | os.PathLike[str], what: str = "trace") -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise InputDataError(f"{what} file {self.path} does not exist")
         try:
-            with safe_open(str(self.path), framework="np") as f:
-                keys = list(f.keys())
-                self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-                for name in keys:
-                    task, param = split_key(name)
-                    shape = tuple(f.get_slice(name).get_shape())
-                    self.shapes.setdefault(task, {})[param] = shape
-        except (OSError, ValueError, SafetensorError) as exc:
+            header, self._data_start = _read_header(self.path)
+        except (OSError, ValueError) as exc:
             raise InputDataError(f"{what} file {self.path} is unreadable: {exc}") from exc
-        self._handle = safe_open(str(self.path), framework="np")
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
+        self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        size = self.path.stat().st_size - self._data_start
+        for name, entry in header.items():
+            dtype = _DTYPES.get(entry.get("dtype"))
+            shape = tuple(int(d) for d in entry.get("shape", ()))
+            begin, end = (int(x) for x in entry.get("data_offsets", (0, -1)))
+            if dtype is None or end > size or end - begin != dtype.itemsize * math.prod(shape):
+                raise InputDataError(
+                    f"{what} file {self.path} is unreadable or truncated: entry {name!r} "
+                    f"({entry.get('dtype')}, {shape}, bytes {begin}..{end} of {size})"
+                )
+            self._entries[name] = (dtype, shape, begin, end)
+            task, param = split_key(name)
+            self.shapes.setdefault(task, {})[param] = shape
 
     @property
     def tasks(self) -> list[str]:
         return sorted(self.shapes)
 
     def get(self, task: str, param: str) -> np.ndarray:
-        return self._handle.get_tensor(key(task, param)).reshape(-1)
+        """One task's Δ of one parameter, flat (float32 for a trace)."""
+        dtype, _, begin, end = self._entries[key(task, param)]
+        with self.path.open("rb") as f:
+            f.seek(self._data_start + begin)
+            out = np.fromfile(f, dtype=dtype, count=(end - begin) // dtype.itemsize)
+        if out.size * dtype.itemsize != end - begin:
+            raise InputDataError(f"trace file {self.path} is truncated at {key(task, param)}")
+        return out
+
+
+_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+}
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and where its data starts."""
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError("shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100_000_000:
+            raise ValueError(f"header length {length} is not plausible")
+        text = f.read(length)
+        if len(text) != length:
+            raise ValueError("the header is truncated")
+    header = json.loads(text)
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header, 8 + length
 
 
 class TraceDict:

@@ -28,7 +28,13 @@ from crosstrace.checkpoint import CheckpointManager, fingerprint, rng_state, set
 from crosstrace.consistency import ConsistencyHook, ConsistencyRecorder, records_every
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.errors import ConfigError, CrosstraceError, Preempted
-from crosstrace.models import bos_id, count_parameters, load_model, save_model
+from crosstrace.models import (
+    bos_id,
+    count_parameters,
+    load_model,
+    record_precision,
+    save_model,
+)
 from crosstrace.optim import build_optimizer, warmup_cosine
 from crosstrace.parallel import LossFn, SingleProcess, parallelism, real_tokens
 from crosstrace.param_map import ParamMap
@@ -255,7 +261,7 @@ class _Phase:
 
 def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
     """Model, data, step plan, optimizer, trace, consistency records and checkpoints."""
-    cfg, amp = job.training, autocast_dtype(dev)
+    cfg, amp = job.training, autocast_dtype(dev, job.training.precision)
     torch.manual_seed(job.seed)
     model, tokenizer = load_model(job.init_dir, dev)
     model.train()
@@ -394,6 +400,7 @@ def _write_outputs(p: _Phase, rank: distributed.Rank, *, steps: int, resumed_fro
     if weights is not None:  # an unsharded copy of θT to save
         model, _ = load_model(job.init_dir, "cpu")
         model.load_state_dict(weights)
+    record_precision(model, "bf16" if p.amp == torch.bfloat16 else "fp32")
     save_model(model, p.tokenizer, job.out_dir)
     if p.consistency.recorder is not None:
         frames = [pd.read_parquet(job.init_consistency)] if job.init_consistency else []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosstrace.config import section_defaults
+from crosstrace.devices import PRECISIONS
 from crosstrace.distributed import DistributedConfig
 from crosstrace.errors import ConfigError
 from crosstrace.optim import OPTIMIZERS
@@ -34,6 +35,7 @@ COMMON_KEYS = (
     "checkpoint_every",
     "pack",
     "pack_length",
+    "precision",
 )
 PHASE_KEYS = {
     "bio": ("bio_epochs",),
@@ -67,6 +69,7 @@ class TrainingConfig:
     checkpoint_every: int
     distributed: str  # none | ddp | fsdp (crosstrace.distributed)
     nproc: int  # training processes per node
+    precision: str  # auto | fp32 | bf16 (crosstrace.devices.resolve_precision)
 
     LAYOUT = tuple(LAYOUT)
 
@@ -88,6 +91,10 @@ class TrainingConfig:
                 f"training.qa_loss_weight must be in (0, 1), got {out.qa_loss_weight}"
             )
         out.parallel()  # validates distributed / nproc
+        if out.precision not in PRECISIONS:
+            raise ConfigError(
+                f"training.precision: {out.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
         return out
 
     def parallel(self) -> DistributedConfig:

@@ -25,7 +25,7 @@ CREATE TABLE definition_agreement (
 CREATE TABLE accuracy (
     model VARCHAR, strategy VARCHAR, seed BIGINT, split VARCHAR, attribute VARCHAR,
     n BIGINT, correct BIGINT, accuracy DOUBLE, first_token_correct BIGINT,
-    first_token_accuracy DOUBLE
+    first_token_accuracy DOUBLE, precision VARCHAR
 );
 CREATE TABLE ablation_draws (
     model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,

@@ -11,8 +11,9 @@ CREATE MACRO ci_half(sd, n) AS CASE WHEN n > 1 THEN t975(n - 1) * sd / sqrt(n) E
 CREATE TABLE accuracy_summary AS
 SELECT model, strategy, split, attribute, count(*) AS n_seeds,
        avg(accuracy) AS accuracy, avg(accuracy) - ci_half(stddev_samp(accuracy), count(*))
-           AS ci_low, avg(accuracy) + ci_half(stddev_samp(accuracy), count(*)) AS ci_high
-FROM accuracy GROUP BY ALL ORDER BY ALL;
+           AS ci_low, avg(accuracy) + ci_half(stddev_samp(accuracy), count(*)) AS ci_high,
+       string_agg(DISTINCT precision, ',' ORDER BY precision) AS precision
+FROM accuracy GROUP BY model, strategy, split, attribute ORDER BY ALL;
 CREATE TABLE overlap_summary AS
 SELECT model, strategy, definition, scope, k_percent, count(*) AS n_seeds,
        avg(n_shared) AS n_shared, avg(expected_shared) AS expected_shared,

@@ -1,0 +1,221 @@
+"""Where a training step's time goes, against what this CPU's matrix multiply can do.
+
+    python benchmarks/bench_training_step.py [--model llama_tiny] [--rounds 3] [--steps 8]
+
+For the default config's mixed and BIO steps (tiny model, real batches of the default world,
+trace on) it prints, measured in one process:
+
+- ms per optimizer step, real (non-pad) tokens/s, and achieved GFLOP/s (the step's FLOPs
+  counted by ``torch.utils.flop_counter``: the matrix products of the forward and backward);
+- the GFLOP/s of the step's main matrix shapes multiplied alone, in fp32 (and in bf16 where
+  the CPU multiplies bf16 natively); achieved / alone is the roofline ratio: how close the step
+  runs to the speed of its own matrix products;
+- 1 thread against 2 threads per step.
+
+Then the machine's training throughput in the two ways of using 2 cores, side by side in
+interleaved rounds: one training process with 2 threads, and two processes with 1 thread each
+(the workflow runs its jobs with 1 thread each, so two run at once): total real tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from crosstrace.batches import StepPlan, training_examples
+from crosstrace.devices import native_bf16
+from crosstrace.models import bos_id, build_base, load_model
+from crosstrace.optim import build_optimizer
+from crosstrace.step import optimizer_step
+from crosstrace.trace import GradientTrace
+from crosstrace.training_config import TrainingConfig
+from crosstrace.world import read_bio, read_qa, synthesize_world
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Setup:
+    """The default world, a tiny model and its optimizer and trace, ready to step."""
+
+    def __init__(self, model_name: str, workdir: Path) -> None:
+        cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+        if not (workdir / "base").exists():
+            w = cfg["world"]
+            synthesize_world(w, *(workdir / f"{n}.parquet" for n in ("bio", "qa", "people")))
+            m = cfg["models"][model_name]
+            build_base(m, workdir, workdir / "base", seed=0, bos=m.get("bos", True))
+        self.model, self.tok = load_model(workdir / "base")
+        self.model.train()
+        self.examples = training_examples(
+            read_bio(workdir / "bio.parquet"),
+            read_qa(workdir / "qa.parquet"),
+            self.tok,
+            bos_id(self.model, self.tok),
+        )
+        fields = TrainingConfig.__dataclass_fields__
+        self.training = TrainingConfig.from_dict(
+            {k: v for k, v in cfg["training"].items() if k in fields}
+        )
+        self.optimizer = build_optimizer(self.model, self.training)
+        self.tracer = GradientTrace(self.model.named_parameters())
+        self.step_index = 0
+
+    def plan(self, phase: str) -> StepPlan:
+        sizes = {t: len(e) for t, e in self.examples.items()}
+        return StepPlan(phase, sizes, batch_size=self.training.batch_size, epochs=1000, seed=0,
+                        qa_ratio=self.training.qa_ratio)  # fmt: skip
+
+    def step(self, plan: StepPlan) -> int:
+        """One optimizer step; returns its real tokens."""
+        mbs = plan.micro_batches(self.step_index, self.examples, self.tok.pad_token_id)
+        tokens = plan.supervised_tokens(self.step_index, self.examples)
+        self.step_index += 1
+        optimizer_step(self.model, mbs, self.optimizer, self.tracer, lr=self.training.lr,
+                       max_grad_norm=1.0, amp=None, qa_loss_weight=self.training.qa_loss_weight,
+                       tokens=tokens)  # fmt: skip
+        return sum(int(mb.attention_mask.sum()) for mb in mbs)
+
+
+def step_flops(setup: Setup, plan: StepPlan) -> tuple[float, list[tuple[tuple, float]]]:
+    """FLOPs of one step, and the matrix shapes that carry them (by share)."""
+    shapes: dict[tuple, float] = {}
+    with torch.profiler.profile(record_shapes=True) as prof, FlopCounterMode(display=False) as fc:
+        setup.step(plan)
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key == "aten::mm" and len(e.input_shapes) >= 2 and len(e.input_shapes[0]) == 2:
+            (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+            shapes[(m, k, n)] = shapes.get((m, k, n), 0.0) + 2.0 * m * k * n * e.count
+    total = float(fc.get_total_flops())
+    ranked = sorted(shapes.items(), key=lambda kv: -kv[1])
+    return total, [(s, f / max(sum(shapes.values()), 1.0)) for s, f in ranked]
+
+
+def gemm_rate(shape: tuple[int, int, int], dtype: torch.dtype, repeats: int = 30) -> float:
+    """GFLOP/s of one matrix product of ``shape`` (m, k, n), alone."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2.0 * m * k * n * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def timed_steps(setup: Setup, plan: StepPlan, steps: int) -> tuple[float, int]:
+    t0, tokens = time.perf_counter(), 0
+    for _ in range(steps):
+        tokens += setup.step(plan)
+    return time.perf_counter() - t0, tokens
+
+
+def profile_steps(args: argparse.Namespace, workdir: Path) -> None:
+    setup = Setup(args.model, workdir)
+    print(
+        f"model={args.model} params={sum(p.numel() for p in setup.model.parameters()) / 1e6:.2f}M "
+        f"cpu={platform.processor() or platform.machine()} torch={torch.__version__} "
+        f"capability={torch.backends.cpu.get_cpu_capability()} native_bf16="
+        f"{native_bf16(torch.device('cpu'))} batch={setup.training.batch_size}"
+    )
+    for phase in ("mix", "bio"):
+        plan = setup.plan(phase)
+        for _ in range(2):  # warm-up
+            setup.step(plan)
+        flops, shapes = step_flops(setup, plan)
+        per_thread: dict[int, list[float]] = {1: [], 2: []}
+        tokens: dict[int, int] = {1: 0, 2: 0}
+        for _ in range(args.rounds):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                seconds, n = timed_steps(setup, plan, args.steps)
+                per_thread[threads].append(seconds / args.steps)
+                tokens[threads] += n
+        print(f"\n{phase} step: {flops / 1e9:.2f} GFLOP")
+        for threads, times in per_thread.items():
+            ms = statistics.median(times)
+            rate = tokens[threads] / (sum(times) * args.steps)
+            print(f"  {threads} thread(s): {ms * 1000:7.1f} ms/step  {rate:8.0f} tokens/s  "
+                  f"{flops / ms / 1e9:6.1f} GFLOP/s achieved")  # fmt: skip
+        torch.set_num_threads(1)
+        top = shapes[:4]
+        dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16(torch.device("cpu")) else [])
+        alone = {d: [gemm_rate(s, d) for s, _ in top] for d in dtypes}
+        for i, (s, share) in enumerate(top):
+            rates = "  ".join(f"{str(d)[6:]} {alone[d][i]:6.1f}" for d in dtypes)
+            print(f"  mm {s}: {share * 100:4.1f} % of the matmul FLOPs; alone, 1 thread: {rates}"
+                  " GFLOP/s")  # fmt: skip
+        weights = [share for _, share in top]
+        fp32 = sum(w * r for w, r in zip(weights, alone[torch.float32], strict=True)) / sum(weights)
+        achieved = flops / statistics.median(per_thread[1]) / 1e9
+        print(f"  roofline (1 thread): achieved {achieved:.1f} / main shapes alone {fp32:.1f} "
+              f"GFLOP/s = {achieved / fp32:.2f}")  # fmt: skip
+
+
+def worker(args: argparse.Namespace, workdir: Path) -> None:
+    """One training process of the layout comparison: steps, then its tokens/s as JSON."""
+    torch.set_num_threads(args.threads)
+    setup = Setup(args.model, workdir)
+    plan = setup.plan("mix")
+    timed_steps(setup, plan, 2)
+    seconds, tokens = timed_steps(setup, plan, args.steps)
+    print(json.dumps({"tokens_per_s": tokens / seconds}))
+
+
+def layouts(args: argparse.Namespace, workdir: Path) -> None:
+    """1 process × 2 threads vs 2 processes × 1 thread, interleaved, mixed steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(threads: int) -> subprocess.Popen:
+        cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--model",
+               args.model, "--steps", str(args.steps), "--workdir", str(workdir)]  # fmt: skip
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+
+    def rate(procs: list[subprocess.Popen]) -> float:
+        outs = [p.communicate()[0] for p in procs]
+        return sum(json.loads(o.strip().splitlines()[-1])["tokens_per_s"] for o in outs)
+
+    results: dict[str, list[float]] = {"1 process x 2 threads": [], "2 processes x 1 thread": []}
+    for _ in range(args.rounds):
+        results["1 process x 2 threads"].append(rate([start(2)]))
+        results["2 processes x 1 thread"].append(rate([start(1), start(1)]))
+    print("\nmachine throughput, mixed steps (median of rounds, total real tokens/s):")
+    base = statistics.median(results["1 process x 2 threads"])
+    for name, values in results.items():
+        med = statistics.median(values)
+        print(f"  {name:>24}: {med:8.0f} tokens/s  {med / base:4.2f}x  ({len(values)} rounds)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama_tiny")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8, help="steps per round and mode")
+    ap.add_argument("--workdir", type=Path, default=None, help="world and θ0 (default: temp)")
+    ap.add_argument("--skip-layouts", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-step-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        worker(args, workdir)
+        return
+    profile_steps(args, workdir)
+    if not args.skip_layouts:
+        layouts(args, workdir)
+
+
+if __name__ == "__main__":
+    main()
