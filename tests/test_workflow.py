@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from crosstrace.outputs import FIGURES
 
@@ -407,23 +410,65 @@ def test_report_gathers_every_figure_with_its_caption(ci_run):
 CONDA_TO_PIP = {"pytorch": "torch", "python-duckdb": "duckdb", "matplotlib-base": "matplotlib"}
 # the driver's packages: Snakemake itself runs outside the job environments
 DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm"}
+# Floors raised for a reason: a lower version breaks the install or a command.
+KNOWN_FLOORS = {
+    "python": "3.11",  # Snakemake 9; the jobs import datetime.UTC (3.11)
+    "snakemake": "9.0",
+    "snakemake-executor-plugin-slurm": "2.0.3",  # 2.0.1, 2.0.2: every command needs sacct
+    "transformers": "4.56",  # from_pretrained(dtype=...)
+    "torch": "2.4",  # FSDP2 needs 2.6, checked when training.distributed is fsdp
+}
 
 
-def _name(requirement: str) -> str:
-    return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower()
+def _requirements() -> dict[str, Requirement]:
+    """pyproject.toml's dependencies by (lower-case) name."""
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {Requirement(d).name.lower(): Requirement(d) for d in deps}
 
 
-def test_conda_envs_name_the_pyproject_dependencies():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    wanted = {_name(d) for d in pyproject["project"]["dependencies"]} - DRIVER_ONLY
+def _floor(spec: SpecifierSet) -> str:
+    """The version of the one `>=` clause of ``spec``."""
+    floors = [s.version for s in spec if s.operator == ">="]
+    assert len(floors) == 1, f"{spec}: one >= floor expected"
+    return floors[0]
+
+
+def _conda_spec(dep: str) -> tuple[str, SpecifierSet]:
+    """("torch", SpecifierSet(">=2.4")) from a conda-forge entry such as "pytorch >=2.4"."""
+    name, _, spec = dep.strip().partition(" ")
+    return CONDA_TO_PIP.get(name, name), SpecifierSet(spec.replace(" ", ""))
+
+
+def test_declared_floors_are_the_known_ones():
+    """pyproject.toml's floors, as versions: lowering one of these breaks something."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = _requirements()
+    assert _floor(SpecifierSet(project["requires-python"])) == KNOWN_FLOORS["python"]
+    for name, floor in KNOWN_FLOORS.items():
+        if name != "python":
+            assert _floor(requirements[name].specifier) == floor, name
+    assert "reports" in requirements["snakemake"].extras  # pygments, for --report
+    readme = (REPO / "README.md").read_text()
+    plugin = KNOWN_FLOORS["snakemake-executor-plugin-slurm"]
+    assert f"snakemake-executor-plugin-slurm ≥ {plugin}" in readme
+    assert f"Python ≥ {KNOWN_FLOORS['python']}" in readme
+
+
+def test_conda_envs_pin_the_pyproject_versions():
+    """Every job environment: the same packages with the same bounds, the same Python floor."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {name: r.specifier for name, r in _requirements().items() if name not in DRIVER_ONLY}
     envs = sorted((REPO / "envs").glob("*.yaml"))
     assert envs
     for env in envs:
         spec = yaml.safe_load(env.read_text())
         assert spec["channels"][0] == "conda-forge"
-        deps = [d for d in spec["dependencies"] if isinstance(d, str)]
-        names = {CONDA_TO_PIP.get(_name(d), _name(d)) for d in deps} - {"python"}
-        assert names == wanted, f"{env.name}: missing {wanted - names}, extra {names - wanted}"
+        got = dict(_conda_spec(d) for d in spec["dependencies"] if isinstance(d, str))
+        python = got.pop("python")
+        assert _floor(python) == _floor(SpecifierSet(project["requires-python"])), env.name
+        assert set(got) == set(wanted), f"{env.name}: {set(wanted) ^ set(got)}"
+        for name, specifier in wanted.items():
+            assert got[name] == specifier, f"{env.name}: {name} {got[name]} vs {specifier}"
 
 
 def test_every_rule_uses_an_existing_env():
@@ -492,20 +537,25 @@ def test_cli_and_snakemake_see_the_same_validated_config(tmp_path):
 
 @pytest.mark.skipif(shutil.which("python3") is None, reason="no python3 for a venv")
 def test_fresh_venv_resolves_the_declared_floors(tmp_path):
-    """The README's install into a new venv: pip resolves every requirement (dry run)."""
+    """The README's install into a new venv with every dependency held at its declared floor
+    (pip's dry run): the floors install together, and pip takes exactly those versions."""
+    floors = {name: _floor(r.specifier) for name, r in _requirements().items() if name != "torch"}
+    constraints = tmp_path / "floors.txt"
+    constraints.write_text("".join(f"{name}=={v}\n" for name, v in floors.items()))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip"]
     proc = subprocess.run(
         [*pip, "install", "--dry-run", "--quiet", "--report", str(tmp_path / "r.json"),
-         "torch==2.13.0", f"{REPO}[test]"],
+         "-c", str(constraints), "torch==2.13.0", f"{REPO}[test]"],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
-    names = {i["metadata"]["name"].lower(): i["metadata"]["version"]
-             for i in json.loads((tmp_path / "r.json").read_text())["install"]}  # fmt: skip
-    for name in ("snakemake", "snakemake-executor-plugin-slurm", "transformers", "duckdb"):
-        assert name in names, name
-    assert names["torch"].startswith("2.13.0")  # the local CPU build here (2.13.0+cpu)
+    got = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+           for i in json.loads((tmp_path / "r.json").read_text())["install"]}  # fmt: skip
+    for name, floor in floors.items():
+        assert Version(got[name]) == Version(floor), f"{name}: {got[name]}, floor {floor}"
+    assert "pygments" in got  # snakemake[reports]
+    assert got["torch"].startswith("2.13.0")  # the README's pin (2.13.0+cpu where it lies locally)
