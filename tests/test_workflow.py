@@ -3,6 +3,7 @@ and the conda environments."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -486,6 +487,57 @@ def test_profile_slurm_dry_run_from_the_repo_root(scratch):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Using profile slurm" in proc.stdout, proc.stdout[-3000:]
     assert "Job stats" in proc.stdout
+
+
+SLURM_COMMANDS = ("sbatch", "squeue", "sacct")
+
+
+def path_without_slurm(tmp_path: Path) -> str:
+    """$PATH with every folder that holds a SLURM command replaced by a copy of links to its
+    other entries (where SLURM is installed, it is then not found)."""
+    folders = []
+    for i, folder in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if not any((Path(folder) / c).exists() for c in SLURM_COMMANDS):
+            folders.append(folder)
+            continue
+        shadow = tmp_path / f"bin{i}"
+        shadow.mkdir()
+        for entry in Path(folder).iterdir():
+            if entry.name not in SLURM_COMMANDS:
+                (shadow / entry.name).symlink_to(entry)
+        folders.append(str(shadow))
+    return os.pathsep.join(folders)
+
+
+def test_profile_slurm_without_slurm_stops_before_submitting(tmp_path):
+    """`snakemake --profile slurm` where SLURM is not installed: one line, no job submitted."""
+    root = copy_workflow(tmp_path / "repo")
+    env = {**os.environ, "PATH": path_without_slurm(tmp_path)}
+    proc = snakemake("--profile", "slurm", "--configfile", "config/ci.yaml", cwd=root, env=env)
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("crosstrace: error: SLURM was not found on this machine (no sbatch")
+    assert last.endswith("`snakemake --cores all`"), last
+    assert "Error in rule" not in proc.stdout and "Traceback" not in proc.stdout, proc.stdout
+    assert not (root / "results").exists()
+    assert not list((root / ".snakemake" / "locks").glob("*"))  # the lock was released
+
+
+def test_slurm_check_needs_sbatch_and_a_status_command(tmp_path):
+    from crosstrace.cluster import slurm_problem
+
+    def with_commands(*names: str) -> str:
+        folder = tmp_path / "-".join(names or ("none",))
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("#!/bin/sh\n")
+            (folder / name).chmod(0o755)
+        return str(folder)
+
+    assert slurm_problem(with_commands("sbatch", "squeue")) is None
+    assert slurm_problem(with_commands("sbatch", "sacct")) is None
+    assert "no squeue, sacct on PATH" in slurm_problem(with_commands("sbatch"))
+    assert "no sbatch on PATH" in slurm_problem(with_commands("squeue", "sacct"))
 
 
 def test_slurm_profile_is_found_from_the_repo_root():
