@@ -29,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 20
+N_BAD_INPUTS = 25
 
 WORLD = {
     "seed": 0,
@@ -326,6 +326,66 @@ def test_out_of_memory_in_evaluation(capsys, base, tmp_path, monkeypatch):
     assert_error(code, err, "out of memory", "M parameters", "batch_size=512",
                  "Lower evaluation.batch_size")  # fmt: skip
     assert not out.exists()
+
+
+# ---- the SQL command -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    """A small database with the crosstrace metadata table (what `crosstrace sql` opens)."""
+    import duckdb
+
+    path = tmp_path / "crosstrace.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE crosstrace_meta (key VARCHAR, value VARCHAR)")
+    con.execute("CREATE TABLE accuracy AS SELECT 'llama' AS model, 0.5 AS accuracy")
+    con.close()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC * FROM accuracy", 'Parser Error: syntax error at or near "SELEC"'),
+        ("SELECT * FROM accuracies", "Catalog Error: Table with name accuracies does not exist!"),
+        ("DROP TABLE accuracy", 'Invalid Input Error: Cannot execute statement of type "DROP"'),
+    ],
+)
+def test_sql_error_is_one_line(capsys, database, sql, message):
+    tried(f"SQL: {sql}")
+    code, err = run_cli(capsys, "sql", database, "-c", sql)
+    assert_error(code, err, f"crosstrace: error: query failed: {message}")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_sql_error_from_stdin_is_reported_once(capsys, monkeypatch, database):
+    import io
+
+    tried("SQL from stdin")
+    statements = "SELECT 'first' AS a;\nSELEC 2;\nSELECT 'third' AS b;\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(statements))
+    capsys.readouterr()
+    code = cli.main(["sql", database])
+    out, err = capsys.readouterr()
+    assert_error(code, err, 'query failed: Parser Error: syntax error at or near "SELEC"')
+    assert len(err.strip().splitlines()) == 1, err
+    assert "first" in out and "third" not in out  # what follows the bad statement does not run
+
+
+def test_sql_database_not_found_says_where_it_looked(capsys, monkeypatch, tmp_path):
+    tried("SQL: no database in the current folder")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "sql", "-c", "SELECT 1")
+    hint = "give the path: crosstrace sql path/to/results/"
+    assert_error(
+        code,
+        err,
+        "database not found: results/crosstrace.duckdb",
+        f"(relative to {tmp_path})",
+        hint,
+    )
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_bad_input_count():
