@@ -29,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 25
+N_BAD_INPUTS = 27
 
 WORLD = {
     "seed": 0,
@@ -161,7 +161,26 @@ def test_hub_id_offline_without_cache(base, tmp_path):
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert_error(proc.returncode, proc.stderr, "'no-org/no-model'", "login node",
-                 "huggingface-cli download no-org/no-model")  # fmt: skip
+                 "`hf download no-org/no-model`")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder without config.json"])
+def test_pretrained_path_that_is_no_model_folder(capsys, base, tmp_path, kind):
+    tried(f"pretrained: a {kind}")
+    local = tmp_path / "weights"
+    if kind == "file":
+        local.write_bytes(b"not a model")
+    else:
+        local.mkdir()
+        (local / "model.safetensors").write_bytes(b"")
+    cfg = write_config(tmp_path / "c.yaml", {"models": {"m": {"pretrained": str(local)}}})
+    out = tmp_path / "base"
+    code, err = run_cli(capsys, "build-base", "--config", cfg, "--model", "m",
+                        "--data-dir", str(base / "data"), "--out", str(out))  # fmt: skip
+    assert_error(code, err, f"models.*.pretrained: '{local}' is a {kind}, not a Hugging Face "
+                 "model folder", "config.json")  # fmt: skip
+    assert "hf download" not in err.split("(as")[0] and "hub cannot be reached" not in err
     assert not out.exists()
 
 
