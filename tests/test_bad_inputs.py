@@ -29,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 27
+N_BAD_INPUTS = 28
 
 WORLD = {
     "seed": 0,
@@ -141,7 +141,8 @@ def test_unknown_architecture(capsys, base, tmp_path):
 
 def test_unknown_model_name(capsys, base, tmp_path):
     tried("model not in config")
-    cfg = write_config(tmp_path / "c.yaml", {"models": {"m": {"tiny": TINY}}})
+    tiny = {"models": {"m": {"tiny": TINY}}, "analysis": {"k_percent": [5]}}
+    cfg = write_config(tmp_path / "c.yaml", tiny)
     out = tmp_path / "base"
     code, err = run_cli(capsys, "build-base", "--config", cfg, "--model", "other",
                         "--data-dir", str(base / "data"), "--out", str(out))  # fmt: skip
@@ -267,6 +268,17 @@ def test_qa_split_without_ood_people(capsys, tmp_path):
     code, err = run_cli(capsys, "synthesize", "--config", cfg, "--out-dir", str(out))
     assert_error(code, err, "leaves no OOD test people", "qa_train_fraction=0.9")
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_world_too_small_for_the_probe_people(capsys, tmp_path):
+    """A check across keys, before any data exists: the same line as `snakemake -n`."""
+    tried("probe people beyond the world's people")
+    cfg = write_config(tmp_path / "c.yaml", {"world": {**WORLD, "n_people": 3}})
+    out = tmp_path / "data"
+    code, err = run_cli(capsys, "synthesize", "--config", cfg, "--out-dir", str(out))
+    assert_error(code, err, "config key 'analysis.probe_people'", "gives 2 trained and 1 held-out",
+                 "set analysis.probe_people to at most 1")  # fmt: skip
+    assert not out.exists()
 
 
 # ---- k out of range ----------------------------------------------------------------------

@@ -120,6 +120,41 @@ BAD_CONFIGS = {
     ),
     "qa_loss_weight_one": ("training:\n  qa_loss_weight: 1\n", "training.qa_loss_weight"),
     "qa_loss_weight_zero": ("training:\n  qa_loss_weight: 0\n", "training.qa_loss_weight"),
+    # keys that do not fit together (crosstrace.config.cross_key_problems)
+    "three_people": (
+        "world:\n  n_people: 3\n",
+        "config key 'analysis.probe_people': the probe batches need 32 trained and 32 held-out "
+        "people, but world.qa_train_fraction=0.5 with world.n_people=3 gives 2 trained and 1",
+    ),
+    "no_held_out_people": (
+        "world:\n  n_people: 10\n  qa_train_fraction: 0.99\n",
+        "config key 'world.qa_train_fraction': world.qa_train_fraction=0.99 with "
+        "world.n_people=10 leaves no OOD test people",
+    ),
+    "too_few_names": (
+        "world:\n  n_people: 100\n  pools: {first_names: 2, middle_names: 3, last_names: 4}\n",
+        "config key 'world.n_people': 100 people need as many unique full names, but "
+        "world.pools give 2 x 3 x 4 = 24",
+    ),
+    "pool_beyond_shipped": (
+        "world:\n  pools: {majors: 5000}\n",
+        "config key 'world.pools.majors': 5000, but only 110 values are shipped",
+    ),
+    "k_below_one_element_per_tensor": (
+        "analysis:\n  k_percent: [0.001]\n",
+        "with rank_scope per_tensor, [0.001] % of model.layers.0.self_attn.k_proj.weight (attn.k, "
+        "8192 elements) of model 'llama_tiny' is less than one element",
+    ),
+    "k_below_one_element_global": (
+        "analysis:\n  k_percent: [0.00001]\n  rank_scope: [global]\n",
+        "config key 'analysis.k_percent': [1e-05] % of the 983040 ranked elements of model "
+        "'llama_tiny' is less than one element",
+    ),
+    "hidden_not_divisible_by_heads": (
+        "models:\n  m:\n    tiny: {arch: llama, layers: 1, hidden: 30, heads: 4, intermediate: 8}"
+        "\n",
+        "config key 'models.m.tiny.hidden': 30 is not divisible by heads (4)",
+    ),
     "bos_not_boolean": (
         "models:\n  m:\n    bos: 1\n    tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, "
         "intermediate: 8}\n",
@@ -564,7 +599,8 @@ def test_cli_and_snakemake_see_the_same_validated_config(tmp_path):
 
     overlay = tmp_path / "cfg.yaml"
     overlay.write_text(
-        "world: {n_people: 50}\ntraining: {lr: 0.002}\nanalysis: {k_percent: [2]}\n"
+        "world: {n_people: 50}\ntraining: {lr: 0.002}\n"
+        "analysis: {k_percent: [2], probe_people: 8}\n"
         "models: {m: {tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, intermediate: 8}}}\n"
     )
     snakefile = tmp_path / "Snakefile"
