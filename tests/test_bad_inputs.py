@@ -29,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 28
+N_BAD_INPUTS = 29
 
 WORLD = {
     "seed": 0,
@@ -108,6 +108,25 @@ def test_config_file_missing(capsys, tmp_path):
                         "--out-dir", str(tmp_path / "data"))  # fmt: skip
     assert_error(code, err, "cannot read config file", "nope.yaml")
     assert not (tmp_path / "data").exists()
+
+
+def test_config_not_valid_yaml_names_the_line(capsys, tmp_path):
+    tried("config not valid YAML")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world:\n  n_people: 30\n\tseed: 1\n")
+    code, err = run_cli(capsys, "check-config", "config.yaml", str(bad))
+    assert_error(code, err, f"config file '{bad}' is not valid YAML: line 3, column 1: found "
+                 "character '\\t' that cannot start any token")  # fmt: skip
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_check_config_of_the_shipped_overlay(capsys):
+    from conftest import REPO
+
+    files = [str(REPO / "config.yaml"), str(REPO / "config" / "ci.yaml")]
+    capsys.readouterr()
+    assert cli.main(["check-config", *files]) == 0
+    assert "config OK" in capsys.readouterr().out
 
 
 def test_config_not_yaml_mapping(capsys, tmp_path):

@@ -176,6 +176,19 @@ def test_bad_config_fails_at_parse_time(scratch, tmp_path, case):
     assert not (scratch / "results").exists()
 
 
+def test_broken_config_yaml_names_its_line(tmp_path):
+    """The Snakefile's own config.yaml, not valid YAML: the file and the line, at parse time.
+    (A broken --configfile is read by Snakemake before the Snakefile; see the README.)"""
+    root = copy_workflow(tmp_path / "repo")
+    (root / "config.yaml").write_text("seeds: [0\nworld: {}\n")
+    proc = snakemake("-n", cwd=root)
+    assert proc.returncode != 0
+    assert "config file 'config.yaml' is not valid YAML: line 2, column 6: expected ',' or ']'" in (
+        proc.stdout
+    ), proc.stdout[-2000:]
+    assert "Job stats" not in proc.stdout
+
+
 def test_schema_fills_defaults(tmp_path):
     """A config with only `models` gets every other key from the schema's defaults."""
     from snakemake.utils import validate

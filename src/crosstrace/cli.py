@@ -174,6 +174,15 @@ def _sql(args: argparse.Namespace, _cfg: dict[str, Any]) -> None:
             buffer = ""
 
 
+def _check_config(args: argparse.Namespace, _cfg: dict[str, Any]) -> None:
+    """Load the files in order, as ``snakemake --configfile`` merges them, and validate."""
+    from crosstrace.config import load
+
+    cfg = load(args.files)
+    models = ", ".join(cfg["models"])
+    print(f"config OK: {' + '.join(args.files)} (models {models}; seeds {cfg['seeds']})")
+
+
 def _summary(args: argparse.Namespace, _cfg: dict[str, Any]) -> None:
     from crosstrace.headline import headline_markdown
 
@@ -215,6 +224,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help=help, description=help)
     database(s)
     s.set_defaults(func=_summary, config=None)
+    help = "check study config files, merged in order as snakemake --configfile merges them"
+    s = sub.add_parser("check-config", help=help, description=help)
+    s.add_argument("files", nargs="+", metavar="FILE",
+                   help="YAML files, e.g. config.yaml config/ci.yaml")  # fmt: skip
+    s.set_defaults(func=_check_config, config=None)
     s = cmd("synthesize", _synthesize, "write bio/qa/people Parquet of the config's world")
     s.add_argument("--out-dir", required=True, help="folder for bio/qa/people.parquet")
     s = cmd("build-base", _build_base, "write θ0 of one model of the config")

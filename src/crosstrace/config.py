@@ -223,13 +223,26 @@ def validated(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, with the line and column it names (1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    started = f" ({context} at line {context_mark.line + 1})" if context and context_mark else ""
+    return f"{where}: {exc.problem}{started}"
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}"
+        ) from exc
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
