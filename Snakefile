@@ -5,9 +5,19 @@ On a SLURM cluster:                           snakemake --profile slurm
 HTML report after a run:                      snakemake --report results/report.html
 """
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from crosstrace.config import read_yaml
+from crosstrace.errors import ConfigError
+
 min_version("9.0")
+
+# Snakemake's own message for a config file that is no YAML names neither file nor line.
+try:
+    read_yaml("config.yaml")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 configfile: "config.yaml"

@@ -7,9 +7,11 @@ params rerun-trigger precise (a plot setting re-runs only the plots).
 """
 
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 
+from crosstrace.cluster import slurm_problem
 from crosstrace.config import validated
 from crosstrace.errors import ConfigError
 from crosstrace.outputs import (
@@ -33,6 +35,22 @@ try:
     validated(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+
+
+def slurm_chosen():
+    """Whether this run submits its jobs with the SLURM executor (`--profile slurm`)."""
+    executor = getattr(workflow, "executor_plugin", None)
+    return executor is not None and executor.cli_prefix == "slurm"
+
+
+# `--profile slurm` on a machine without SLURM: one line before the first job is submitted.
+# onstart runs once in the driver, never in a dry run nor inside a job (jobs run --no-hooks).
+onstart:
+    problem = slurm_problem() if slurm_chosen() else None
+    if problem:
+        print(f"crosstrace: error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
 
 MODELS = sorted(config["models"])
 STRATEGIES = list(config["strategies"])

@@ -33,11 +33,14 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the snakemake CLI of this interpreter; stdout and stderr together in .stdout."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=cwd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "crosstrace"
 LAYERS = {
     "ground": [
         "errors", "atomic", "outputs", "runs", "config", "devices", "templates", "param_map",
-        "joblog", "tracefile", "world", "tokenizer",
+        "joblog", "tracefile", "world", "tokenizer", "cluster",
     ],
     "data and parallelism": [
         "batches", "distributed", "checkpoint", "preemption", "optim", "training_config",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import crosstrace.dump
 import crosstrace.tracefile
 from crosstrace.atomic import atomic_dir, atomic_file
 from crosstrace.dump import dump_trace
+from crosstrace.errors import OutputWriteError
 from crosstrace.tracefile import load_trace, save_trace
 
 
@@ -212,3 +214,35 @@ def test_rules_run_no_shell_commands():
     for smk in [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))]:
         directives = re.findall(r"^\s+(shell|run):", smk.read_text(), flags=re.MULTILINE)
         assert directives == [], smk.name
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "Disk quota exceeded"),
+        # pyarrow's own wording of the same error: the OS message inside its text
+        (OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"),
+         "No space left on device"),
+    ],
+)  # fmt: skip
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, error, words):
+    final = tmp_path / "out.parquet"
+    with pytest.raises(OutputWriteError) as caught, atomic_file(final) as tmp:
+        tmp.write_bytes(b"half")
+        raise error
+    assert str(caught.value).startswith(f"could not write {final}: {words}")
+    assert caught.value.__cause__ is error
+    assert list(tmp_path.iterdir()) == []
+    folder = tmp_path / "model"
+    match = f"could not write {folder}: {words}"
+    with pytest.raises(OutputWriteError, match=match), atomic_dir(folder) as tmp:
+        (tmp / "config.json").write_text("{}")
+        raise error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_os_errors_are_not_called_a_full_disk(tmp_path):
+    with pytest.raises(FileNotFoundError), atomic_file(tmp_path / "out.txt"):
+        (tmp_path / "missing-input.txt").read_text()
+    assert list(tmp_path.iterdir()) == []

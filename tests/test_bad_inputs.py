@@ -29,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 20
+N_BAD_INPUTS = 29
 
 WORLD = {
     "seed": 0,
@@ -110,6 +110,25 @@ def test_config_file_missing(capsys, tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_config_not_valid_yaml_names_the_line(capsys, tmp_path):
+    tried("config not valid YAML")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world:\n  n_people: 30\n\tseed: 1\n")
+    code, err = run_cli(capsys, "check-config", "config.yaml", str(bad))
+    assert_error(code, err, f"config file '{bad}' is not valid YAML: line 3, column 1: found "
+                 "character '\\t' that cannot start any token")  # fmt: skip
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_check_config_of_the_shipped_overlay(capsys):
+    from conftest import REPO
+
+    files = [str(REPO / "config.yaml"), str(REPO / "config" / "ci.yaml")]
+    capsys.readouterr()
+    assert cli.main(["check-config", *files]) == 0
+    assert "config OK" in capsys.readouterr().out
+
+
 def test_config_not_yaml_mapping(capsys, tmp_path):
     tried("config not a YAML mapping")
     bad = tmp_path / "bad.yaml"
@@ -141,7 +160,8 @@ def test_unknown_architecture(capsys, base, tmp_path):
 
 def test_unknown_model_name(capsys, base, tmp_path):
     tried("model not in config")
-    cfg = write_config(tmp_path / "c.yaml", {"models": {"m": {"tiny": TINY}}})
+    tiny = {"models": {"m": {"tiny": TINY}}, "analysis": {"k_percent": [5]}}
+    cfg = write_config(tmp_path / "c.yaml", tiny)
     out = tmp_path / "base"
     code, err = run_cli(capsys, "build-base", "--config", cfg, "--model", "other",
                         "--data-dir", str(base / "data"), "--out", str(out))  # fmt: skip
@@ -161,7 +181,26 @@ def test_hub_id_offline_without_cache(base, tmp_path):
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert_error(proc.returncode, proc.stderr, "'no-org/no-model'", "login node",
-                 "huggingface-cli download no-org/no-model")  # fmt: skip
+                 "`hf download no-org/no-model`")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder without config.json"])
+def test_pretrained_path_that_is_no_model_folder(capsys, base, tmp_path, kind):
+    tried(f"pretrained: a {kind}")
+    local = tmp_path / "weights"
+    if kind == "file":
+        local.write_bytes(b"not a model")
+    else:
+        local.mkdir()
+        (local / "model.safetensors").write_bytes(b"")
+    cfg = write_config(tmp_path / "c.yaml", {"models": {"m": {"pretrained": str(local)}}})
+    out = tmp_path / "base"
+    code, err = run_cli(capsys, "build-base", "--config", cfg, "--model", "m",
+                        "--data-dir", str(base / "data"), "--out", str(out))  # fmt: skip
+    assert_error(code, err, f"models.*.pretrained: '{local}' is a {kind}, not a Hugging Face "
+                 "model folder", "config.json")  # fmt: skip
+    assert "hf download" not in err.split("(as")[0] and "hub cannot be reached" not in err
     assert not out.exists()
 
 
@@ -250,6 +289,17 @@ def test_qa_split_without_ood_people(capsys, tmp_path):
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_world_too_small_for_the_probe_people(capsys, tmp_path):
+    """A check across keys, before any data exists: the same line as `snakemake -n`."""
+    tried("probe people beyond the world's people")
+    cfg = write_config(tmp_path / "c.yaml", {"world": {**WORLD, "n_people": 3}})
+    out = tmp_path / "data"
+    code, err = run_cli(capsys, "synthesize", "--config", cfg, "--out-dir", str(out))
+    assert_error(code, err, "config key 'analysis.probe_people'", "gives 2 trained and 1 held-out",
+                 "set analysis.probe_people to at most 1")  # fmt: skip
+    assert not out.exists()
+
+
 # ---- k out of range ----------------------------------------------------------------------
 
 
@@ -326,6 +376,66 @@ def test_out_of_memory_in_evaluation(capsys, base, tmp_path, monkeypatch):
     assert_error(code, err, "out of memory", "M parameters", "batch_size=512",
                  "Lower evaluation.batch_size")  # fmt: skip
     assert not out.exists()
+
+
+# ---- the SQL command -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    """A small database with the crosstrace metadata table (what `crosstrace sql` opens)."""
+    import duckdb
+
+    path = tmp_path / "crosstrace.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE crosstrace_meta (key VARCHAR, value VARCHAR)")
+    con.execute("CREATE TABLE accuracy AS SELECT 'llama' AS model, 0.5 AS accuracy")
+    con.close()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC * FROM accuracy", 'Parser Error: syntax error at or near "SELEC"'),
+        ("SELECT * FROM accuracies", "Catalog Error: Table with name accuracies does not exist!"),
+        ("DROP TABLE accuracy", 'Invalid Input Error: Cannot execute statement of type "DROP"'),
+    ],
+)
+def test_sql_error_is_one_line(capsys, database, sql, message):
+    tried(f"SQL: {sql}")
+    code, err = run_cli(capsys, "sql", database, "-c", sql)
+    assert_error(code, err, f"crosstrace: error: query failed: {message}")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_sql_error_from_stdin_is_reported_once(capsys, monkeypatch, database):
+    import io
+
+    tried("SQL from stdin")
+    statements = "SELECT 'first' AS a;\nSELEC 2;\nSELECT 'third' AS b;\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(statements))
+    capsys.readouterr()
+    code = cli.main(["sql", database])
+    out, err = capsys.readouterr()
+    assert_error(code, err, 'query failed: Parser Error: syntax error at or near "SELEC"')
+    assert len(err.strip().splitlines()) == 1, err
+    assert "first" in out and "third" not in out  # what follows the bad statement does not run
+
+
+def test_sql_database_not_found_says_where_it_looked(capsys, monkeypatch, tmp_path):
+    tried("SQL: no database in the current folder")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "sql", "-c", "SELECT 1")
+    hint = "give the path: crosstrace sql path/to/results/"
+    assert_error(
+        code,
+        err,
+        "database not found: results/crosstrace.duckdb",
+        f"(relative to {tmp_path})",
+        hint,
+    )
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_bad_input_count():

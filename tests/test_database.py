@@ -198,3 +198,30 @@ def test_summary_prints_every_headline_table(built, capsys):
     assert re.search(r"\| gpt_neox \| stage \| id \| 1 \| \d\.\d{3} \|", out)
     # ablation: shared − random paired within seed (random draws 0, 0.05, 0.1 → mean drop 0.05)
     assert re.search(r"\| llama \| mix \| 1 \| id \| 2 \| 10 \| 1 \| 0.25 \| 0.05 \|", out)
+
+
+def test_summary_of_one_seed_says_there_is_no_interval(built, capsys):
+    """Every headline table with rows of a one-seed study: no "95 %" in the caption or a
+    header; with two seeds the interval stays."""
+    from crosstrace import cli
+    from crosstrace.headline import headline_tables
+
+    tmp, runs = built
+    one_seed = [r for r in runs if r.run.seed == 0]
+    build_database("results/trace", "one.duckdb", "one_tables", runs=one_seed,
+                   settings=SETTINGS)  # fmt: skip
+    con = connect(tmp / "one.duckdb")
+    filled = [(caption, df) for caption, df in headline_tables(con) if not df.empty]
+    con.close()
+    assert len(filled) >= 4
+    for caption, df in filled:
+        assert "95 %" not in caption + " ".join(df.columns), caption
+        assert "no interval" in caption + " ".join(df.columns), caption
+    assert cli.main(["summary", str(tmp / "one.duckdb")]) == 0
+    out = capsys.readouterr().out
+    assert "| model | strategy | split | seeds | mean (one seed, no interval) |" in out
+    assert "one seed, so no interval**" in out
+    assert cli.main(["summary", str(tmp / "results" / "crosstrace.duckdb")]) == 0
+    out = capsys.readouterr().out
+    assert "| model | strategy | split | seeds | mean [95 % CI] |" in out
+    assert "mean over seeds [95 % interval]**" in out

@@ -181,3 +181,43 @@ def test_embed_out_name_is_lm_head():
         }
     )
     assert ParamMap(info).spec("embed_out.weight", (10, 8)).modules() == {"lm_head"}
+
+
+@pytest.mark.parametrize(
+    "tiny",
+    [
+        {"arch": "llama", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2, "intermediate": 48},
+        {"arch": "llama", "layers": 1, "hidden": 24, "heads": 3, "intermediate": 40},
+        {"arch": "gpt_neox", "layers": 2, "hidden": 32, "heads": 2, "intermediate": 64},
+    ],
+)
+def test_tiny_shapes_are_those_of_the_built_model(tiny):
+    """The parse-time k check (crosstrace.config) sizes the ranked population from the config
+    alone: the same parameters and logical tensors as the model the pipeline builds and ranks."""
+    from crosstrace.config import model_defaults
+    from crosstrace.models import tiny_model
+    from crosstrace.param_map import logical_sizes, tiny_shapes
+    from crosstrace.rank import ranked_tensors
+    from crosstrace.tokenizer import train_word_tokenizer
+
+    model = tiny_model(tiny, train_word_tokenizer(["a b c"]), seed=0)
+    built = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    vocab = {n for n in built if "embed" in n or "lm_head" in n or "embed_out" in n}
+    assert tiny_shapes({**model_defaults("tiny"), **tiny}) == {
+        n: s for n, s in built.items() if n not in vocab
+    }
+    pmap = ParamMap(model.config)
+    for rank_params in ("matrices", "all"):
+        modules = [m for m in MODULES if m not in ("embed", "lm_head")]
+        want = [(t.param, t.module, len(t.rows) * t.spec.n_cols)
+                for t in ranked_tensors(pmap, built, modules, rank_params)]  # fmt: skip
+        assert logical_sizes(pmap, tiny_shapes(tiny), modules, rank_params) == want
+
+
+def test_topk_size_is_rank_s():
+    from crosstrace.config import topk_size
+    from crosstrace.rank import topk_size as rank_topk_size
+
+    for k in (0.001, 0.1, 0.5, 1, 2.5, 5, 100):
+        for n in (1, 7, 64, 199, 1000, 983040):
+            assert topk_size(k, n) == rank_topk_size(k, n), (k, n)

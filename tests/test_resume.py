@@ -51,6 +51,7 @@ CONFIG = {
             }
         }
     },
+    "analysis": {"probe_people": 4},  # 15 trained and 15 held-out people
     # mix: both tasks in every step, so the trace's per-task split is exercised too.
     # 120 steps of ~15 ms: a few seconds, long enough to be hit mid-way.
     "training": {

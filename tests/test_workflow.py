@@ -3,6 +3,7 @@ and the conda environments."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from crosstrace.outputs import FIGURES
 
@@ -116,6 +120,41 @@ BAD_CONFIGS = {
     ),
     "qa_loss_weight_one": ("training:\n  qa_loss_weight: 1\n", "training.qa_loss_weight"),
     "qa_loss_weight_zero": ("training:\n  qa_loss_weight: 0\n", "training.qa_loss_weight"),
+    # keys that do not fit together (crosstrace.config.cross_key_problems)
+    "three_people": (
+        "world:\n  n_people: 3\n",
+        "config key 'analysis.probe_people': the probe batches need 32 trained and 32 held-out "
+        "people, but world.qa_train_fraction=0.5 with world.n_people=3 gives 2 trained and 1",
+    ),
+    "no_held_out_people": (
+        "world:\n  n_people: 10\n  qa_train_fraction: 0.99\n",
+        "config key 'world.qa_train_fraction': world.qa_train_fraction=0.99 with "
+        "world.n_people=10 leaves no OOD test people",
+    ),
+    "too_few_names": (
+        "world:\n  n_people: 100\n  pools: {first_names: 2, middle_names: 3, last_names: 4}\n",
+        "config key 'world.n_people': 100 people need as many unique full names, but "
+        "world.pools give 2 x 3 x 4 = 24",
+    ),
+    "pool_beyond_shipped": (
+        "world:\n  pools: {majors: 5000}\n",
+        "config key 'world.pools.majors': 5000, but only 110 values are shipped",
+    ),
+    "k_below_one_element_per_tensor": (
+        "analysis:\n  k_percent: [0.001]\n",
+        "with rank_scope per_tensor, [0.001] % of model.layers.0.self_attn.k_proj.weight (attn.k, "
+        "8192 elements) of model 'llama_tiny' is less than one element",
+    ),
+    "k_below_one_element_global": (
+        "analysis:\n  k_percent: [0.00001]\n  rank_scope: [global]\n",
+        "config key 'analysis.k_percent': [1e-05] % of the 983040 ranked elements of model "
+        "'llama_tiny' is less than one element",
+    ),
+    "hidden_not_divisible_by_heads": (
+        "models:\n  m:\n    tiny: {arch: llama, layers: 1, hidden: 30, heads: 4, intermediate: 8}"
+        "\n",
+        "config key 'models.m.tiny.hidden': 30 is not divisible by heads (4)",
+    ),
     "bos_not_boolean": (
         "models:\n  m:\n    bos: 1\n    tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, "
         "intermediate: 8}\n",
@@ -135,6 +174,19 @@ def test_bad_config_fails_at_parse_time(scratch, tmp_path, case):
     assert expected in proc.stdout, proc.stdout[-2000:]
     assert "Job stats" not in proc.stdout  # failed before building the DAG
     assert not (scratch / "results").exists()
+
+
+def test_broken_config_yaml_names_its_line(tmp_path):
+    """The Snakefile's own config.yaml, not valid YAML: the file and the line, at parse time.
+    (A broken --configfile is read by Snakemake before the Snakefile; see the README.)"""
+    root = copy_workflow(tmp_path / "repo")
+    (root / "config.yaml").write_text("seeds: [0\nworld: {}\n")
+    proc = snakemake("-n", cwd=root)
+    assert proc.returncode != 0
+    assert "config file 'config.yaml' is not valid YAML: line 2, column 6: expected ',' or ']'" in (
+        proc.stdout
+    ), proc.stdout[-2000:]
+    assert "Job stats" not in proc.stdout
 
 
 def test_schema_fills_defaults(tmp_path):
@@ -407,23 +459,65 @@ def test_report_gathers_every_figure_with_its_caption(ci_run):
 CONDA_TO_PIP = {"pytorch": "torch", "python-duckdb": "duckdb", "matplotlib-base": "matplotlib"}
 # the driver's packages: Snakemake itself runs outside the job environments
 DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm"}
+# Floors raised for a reason: a lower version breaks the install or a command.
+KNOWN_FLOORS = {
+    "python": "3.11",  # Snakemake 9; the jobs import datetime.UTC (3.11)
+    "snakemake": "9.0",
+    "snakemake-executor-plugin-slurm": "2.0.3",  # 2.0.1, 2.0.2: every command needs sacct
+    "transformers": "4.56",  # from_pretrained(dtype=...)
+    "torch": "2.4",  # FSDP2 needs 2.6, checked when training.distributed is fsdp
+}
 
 
-def _name(requirement: str) -> str:
-    return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower()
+def _requirements() -> dict[str, Requirement]:
+    """pyproject.toml's dependencies by (lower-case) name."""
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {Requirement(d).name.lower(): Requirement(d) for d in deps}
 
 
-def test_conda_envs_name_the_pyproject_dependencies():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    wanted = {_name(d) for d in pyproject["project"]["dependencies"]} - DRIVER_ONLY
+def _floor(spec: SpecifierSet) -> str:
+    """The version of the one `>=` clause of ``spec``."""
+    floors = [s.version for s in spec if s.operator == ">="]
+    assert len(floors) == 1, f"{spec}: one >= floor expected"
+    return floors[0]
+
+
+def _conda_spec(dep: str) -> tuple[str, SpecifierSet]:
+    """("torch", SpecifierSet(">=2.4")) from a conda-forge entry such as "pytorch >=2.4"."""
+    name, _, spec = dep.strip().partition(" ")
+    return CONDA_TO_PIP.get(name, name), SpecifierSet(spec.replace(" ", ""))
+
+
+def test_declared_floors_are_the_known_ones():
+    """pyproject.toml's floors, as versions: lowering one of these breaks something."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = _requirements()
+    assert _floor(SpecifierSet(project["requires-python"])) == KNOWN_FLOORS["python"]
+    for name, floor in KNOWN_FLOORS.items():
+        if name != "python":
+            assert _floor(requirements[name].specifier) == floor, name
+    assert "reports" in requirements["snakemake"].extras  # pygments, for --report
+    readme = (REPO / "README.md").read_text()
+    plugin = KNOWN_FLOORS["snakemake-executor-plugin-slurm"]
+    assert f"snakemake-executor-plugin-slurm ≥ {plugin}" in readme
+    assert f"Python ≥ {KNOWN_FLOORS['python']}" in readme
+
+
+def test_conda_envs_pin_the_pyproject_versions():
+    """Every job environment: the same packages with the same bounds, the same Python floor."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {name: r.specifier for name, r in _requirements().items() if name not in DRIVER_ONLY}
     envs = sorted((REPO / "envs").glob("*.yaml"))
     assert envs
     for env in envs:
         spec = yaml.safe_load(env.read_text())
         assert spec["channels"][0] == "conda-forge"
-        deps = [d for d in spec["dependencies"] if isinstance(d, str)]
-        names = {CONDA_TO_PIP.get(_name(d), _name(d)) for d in deps} - {"python"}
-        assert names == wanted, f"{env.name}: missing {wanted - names}, extra {names - wanted}"
+        got = dict(_conda_spec(d) for d in spec["dependencies"] if isinstance(d, str))
+        python = got.pop("python")
+        assert _floor(python) == _floor(SpecifierSet(project["requires-python"])), env.name
+        assert set(got) == set(wanted), f"{env.name}: {set(wanted) ^ set(got)}"
+        for name, specifier in wanted.items():
+            assert got[name] == specifier, f"{env.name}: {name} {got[name]} vs {specifier}"
 
 
 def test_every_rule_uses_an_existing_env():
@@ -441,6 +535,57 @@ def test_profile_slurm_dry_run_from_the_repo_root(scratch):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Using profile slurm" in proc.stdout, proc.stdout[-3000:]
     assert "Job stats" in proc.stdout
+
+
+SLURM_COMMANDS = ("sbatch", "squeue", "sacct")
+
+
+def path_without_slurm(tmp_path: Path) -> str:
+    """$PATH with every folder that holds a SLURM command replaced by a copy of links to its
+    other entries (where SLURM is installed, it is then not found)."""
+    folders = []
+    for i, folder in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if not any((Path(folder) / c).exists() for c in SLURM_COMMANDS):
+            folders.append(folder)
+            continue
+        shadow = tmp_path / f"bin{i}"
+        shadow.mkdir()
+        for entry in Path(folder).iterdir():
+            if entry.name not in SLURM_COMMANDS:
+                (shadow / entry.name).symlink_to(entry)
+        folders.append(str(shadow))
+    return os.pathsep.join(folders)
+
+
+def test_profile_slurm_without_slurm_stops_before_submitting(tmp_path):
+    """`snakemake --profile slurm` where SLURM is not installed: one line, no job submitted."""
+    root = copy_workflow(tmp_path / "repo")
+    env = {**os.environ, "PATH": path_without_slurm(tmp_path)}
+    proc = snakemake("--profile", "slurm", "--configfile", "config/ci.yaml", cwd=root, env=env)
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("crosstrace: error: SLURM was not found on this machine (no sbatch")
+    assert last.endswith("`snakemake --cores all`"), last
+    assert "Error in rule" not in proc.stdout and "Traceback" not in proc.stdout, proc.stdout
+    assert not (root / "results").exists()
+    assert not list((root / ".snakemake" / "locks").glob("*"))  # the lock was released
+
+
+def test_slurm_check_needs_sbatch_and_a_status_command(tmp_path):
+    from crosstrace.cluster import slurm_problem
+
+    def with_commands(*names: str) -> str:
+        folder = tmp_path / "-".join(names or ("none",))
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("#!/bin/sh\n")
+            (folder / name).chmod(0o755)
+        return str(folder)
+
+    assert slurm_problem(with_commands("sbatch", "squeue")) is None
+    assert slurm_problem(with_commands("sbatch", "sacct")) is None
+    assert "no squeue, sacct on PATH" in slurm_problem(with_commands("sbatch"))
+    assert "no sbatch on PATH" in slurm_problem(with_commands("squeue", "sacct"))
 
 
 def test_slurm_profile_is_found_from_the_repo_root():
@@ -467,7 +612,8 @@ def test_cli_and_snakemake_see_the_same_validated_config(tmp_path):
 
     overlay = tmp_path / "cfg.yaml"
     overlay.write_text(
-        "world: {n_people: 50}\ntraining: {lr: 0.002}\nanalysis: {k_percent: [2]}\n"
+        "world: {n_people: 50}\ntraining: {lr: 0.002}\n"
+        "analysis: {k_percent: [2], probe_people: 8}\n"
         "models: {m: {tiny: {arch: llama, layers: 1, hidden: 8, heads: 1, intermediate: 8}}}\n"
     )
     snakefile = tmp_path / "Snakefile"
@@ -492,20 +638,25 @@ def test_cli_and_snakemake_see_the_same_validated_config(tmp_path):
 
 @pytest.mark.skipif(shutil.which("python3") is None, reason="no python3 for a venv")
 def test_fresh_venv_resolves_the_declared_floors(tmp_path):
-    """The README's install into a new venv: pip resolves every requirement (dry run)."""
+    """The README's install into a new venv with every dependency held at its declared floor
+    (pip's dry run): the floors install together, and pip takes exactly those versions."""
+    floors = {name: _floor(r.specifier) for name, r in _requirements().items() if name != "torch"}
+    constraints = tmp_path / "floors.txt"
+    constraints.write_text("".join(f"{name}=={v}\n" for name, v in floors.items()))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip"]
     proc = subprocess.run(
         [*pip, "install", "--dry-run", "--quiet", "--report", str(tmp_path / "r.json"),
-         "torch==2.13.0", f"{REPO}[test]"],
+         "-c", str(constraints), "torch==2.13.0", f"{REPO}[test]"],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
-    names = {i["metadata"]["name"].lower(): i["metadata"]["version"]
-             for i in json.loads((tmp_path / "r.json").read_text())["install"]}  # fmt: skip
-    for name in ("snakemake", "snakemake-executor-plugin-slurm", "transformers", "duckdb"):
-        assert name in names, name
-    assert names["torch"].startswith("2.13.0")  # the local CPU build here (2.13.0+cpu)
+    got = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+           for i in json.loads((tmp_path / "r.json").read_text())["install"]}  # fmt: skip
+    for name, floor in floors.items():
+        assert Version(got[name]) == Version(floor), f"{name}: {got[name]}, floor {floor}"
+    assert "pygments" in got  # snakemake[reports]
+    assert got["torch"].startswith("2.13.0")  # the README's pin (2.13.0+cpu where it lies locally)

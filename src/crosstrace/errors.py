@@ -13,6 +13,10 @@ class InputDataError(CrosstraceError):
     """An input file is missing, unreadable or does not have the expected columns."""
 
 
+class OutputWriteError(CrosstraceError):
+    """An output could not be written: a full disk, a quota, a read-only file system."""
+
+
 class DistributedError(CrosstraceError):
     """Distributed training cannot start or run as configured on this machine."""
 

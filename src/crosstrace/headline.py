@@ -38,10 +38,20 @@ def headline_queries() -> list[tuple[str, str]]:
     return out
 
 
+def without_interval(caption: str, df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Caption and headers that say there is no interval when every row has one seed (the
+    cells then hold the value alone); other tables are returned as they are."""
+    if "seeds" not in df or df.empty or df["seeds"].max() > 1:
+        return caption, df
+    caption = caption.replace("mean over seeds [95 % interval]", "one seed, so no interval")
+    caption = caption.replace("[95 % interval]", "(one seed, so no interval)")
+    return caption, df.rename(columns=lambda c: c.replace("[95 % CI]", "(one seed, no interval)"))
+
+
 def headline_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, pd.DataFrame]]:
     """Run every headline query on an open database: (caption, table) pairs."""
     con.execute(_MACROS)
-    return [(caption, con.sql(sql).df()) for caption, sql in headline_queries()]
+    return [without_interval(caption, con.sql(sql).df()) for caption, sql in headline_queries()]
 
 
 def _cell(value: object) -> str:

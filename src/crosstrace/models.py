@@ -70,12 +70,33 @@ def tiny_model(
     return GPTNeoXForCausalLM(config)
 
 
+def _not_a_model_folder(spec: str) -> str | None:
+    """Why the local path ``spec`` is no model folder, or None (a model folder, or no path:
+    a hub id)."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return None
+    if path.is_dir():
+        what = "is a folder without config.json, not a Hugging Face model folder"
+    elif path.exists():
+        what = "is a file, not a Hugging Face model folder"
+    elif path.is_absolute() or spec.startswith((".", "~")):
+        what = "does not exist"
+    else:
+        return None
+    return (
+        f"models.*.pretrained: {spec!r} {what}; give a hub id "
+        "or the folder that holds config.json, the weights and the tokenizer (as `hf download` "
+        "or `save_pretrained` writes it)"
+    )
+
+
 def _offline_hint(spec: str) -> str:
     return (
         f"could not load {spec!r}: it is not a local folder and the Hugging Face hub cannot be "
         "reached (or the id is wrong). Compute nodes usually have no network: on a login node run "
-        f"`huggingface-cli download {spec}` (with HF_HOME pointing at shared storage, and `hf auth "
-        "login` first for gated models such as Llama), or set `pretrained:` to a local folder."
+        f"`hf download {spec}` (with HF_HOME pointing at shared storage, and `hf auth login` "
+        "first for gated models such as Llama), or set `pretrained:` to a local folder."
     )
 
 
@@ -85,10 +106,15 @@ def load_pretrained(
     """Load a real checkpoint by hub id or local path (no download when HF_HUB_OFFLINE=1)."""
     if dtype not in DTYPES:
         raise ConfigError(f"models.*.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    problem = _not_a_model_folder(spec)
+    if problem:
+        raise ConfigError(problem)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=DTYPES[dtype])
     except OSError as exc:
+        if Path(spec).expanduser().is_dir():
+            raise CrosstraceError(f"could not load the model folder {spec!r}: {exc}") from exc
         raise CrosstraceError(_offline_hint(spec)) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -281,3 +281,52 @@ def layer_sort_key(name: str) -> tuple[int, int, str]:
     base = name.rsplit(".", 1)[0]
     first = base.endswith(("embed_tokens", "embed_in"))
     return (0 if first else 2, 0, name)
+
+
+def tiny_shapes(tiny: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of a tiny model (``models.*.tiny`` of the config, as
+    ``crosstrace.models.tiny_model`` builds it) but the vocabulary-sized embedding and LM head,
+    whose size depends on the world."""
+    h, n_layers, inner = int(tiny["hidden"]), int(tiny["layers"]), int(tiny["intermediate"])
+    heads = int(tiny["heads"])
+    out: dict[str, tuple[int, ...]] = {}
+    if tiny["arch"] == "llama":
+        kv = int(tiny.get("kv_heads", heads)) * (h // heads)
+        block = {
+            "self_attn.q_proj.weight": (h, h), "self_attn.k_proj.weight": (kv, h),
+            "self_attn.v_proj.weight": (kv, h), "self_attn.o_proj.weight": (h, h),
+            "mlp.gate_proj.weight": (inner, h), "mlp.up_proj.weight": (inner, h),
+            "mlp.down_proj.weight": (h, inner), "input_layernorm.weight": (h,),
+            "post_attention_layernorm.weight": (h,),
+        }  # fmt: skip
+        prefix, final = "model.layers", {"model.norm.weight": (h,)}
+    else:
+        block = {
+            "input_layernorm.weight": (h,), "input_layernorm.bias": (h,),
+            "post_attention_layernorm.weight": (h,), "post_attention_layernorm.bias": (h,),
+            "attention.query_key_value.weight": (3 * h, h),
+            "attention.query_key_value.bias": (3 * h,),
+            "attention.dense.weight": (h, h), "attention.dense.bias": (h,),
+            "mlp.dense_h_to_4h.weight": (inner, h), "mlp.dense_h_to_4h.bias": (inner,),
+            "mlp.dense_4h_to_h.weight": (h, inner), "mlp.dense_4h_to_h.bias": (h,),
+        }  # fmt: skip
+        prefix = "gpt_neox.layers"
+        final = {"gpt_neox.final_layer_norm.weight": (h,), "gpt_neox.final_layer_norm.bias": (h,)}
+    for layer in range(n_layers):
+        out.update({f"{prefix}.{layer}.{name}": shape for name, shape in block.items()})
+    return {**out, **final}
+
+
+def logical_sizes(
+    pmap: ParamMap, shapes: dict[str, tuple[int, ...]], modules: list[str], rank_params: str
+) -> list[tuple[str, str, int]]:
+    """(param, module, elements) of every logical tensor of ``shapes`` in ``modules`` (weight
+    matrices only unless ``rank_params`` is "all"): the ranked population's parts."""
+    out = []
+    for name, shape in shapes.items():
+        spec = pmap.spec(name, shape)
+        if rank_params == "all" or spec.is_matrix:
+            for code, rows in zip(*np.unique(spec.row_module, return_counts=True), strict=True):
+                if MODULES[int(code)] in modules:
+                    out.append((name, MODULES[int(code)], int(rows) * spec.n_cols))
+    return out

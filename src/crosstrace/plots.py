@@ -16,13 +16,18 @@ Figures (file stem → caption in workflow/report/<stem>.rst):
   contexts (vs mismatched people), and the BIO→QA probe transfer.
 - ``token_dependence``: the drop of log p(answer) when one prompt token is masked, by class.
 
-The per-layer, per-head and concentration figures show one ranking (``definition`` and
-``scope``): the first of each in the tables (the config's order), named in the title.
+The per-layer, per-head, concentration, ablation and θT-consistency figures show one ranking
+(``definition`` and ``scope``): the trajectory Δ and the global top-k where they were ranked,
+otherwise the first of each in the tables, named in the title.
+
+Every faceted figure titles its panels "row · column" (or "column" with one row), keeps its
+legend next to the panels, and wraps a long figure title to the figure's width.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from crosstrace.atomic import atomic_file
 from crosstrace.errors import ConfigError, InputDataError
@@ -40,7 +46,7 @@ from crosstrace.outputs import FIGURES
 from crosstrace.runs import STRATEGIES
 
 TITLES = {  # figure stem -> title
-    "accuracy": "QA exact-match accuracy by training strategy",
+    "accuracy": "QA exact match and bio memorisation by training strategy",
     "shared_by_layer_module": "Shared parameters (top-k BIO ∩ top-k QA) per layer and module",
     "shared_head_heatmap": "Shared parameters per layer and head",
     "overlap_vs_k": "Shared parameters vs the stratified null",
@@ -147,43 +153,97 @@ def _by_strategy(d: pd.DataFrame, kind: str, **facets) -> sns.FacetGrid:
     return _grid(d, kind, hue="strategy", hue_order=order, **facets)
 
 
-def _finish(g: sns.FacetGrid, title: str, *, zero_line: bool = False, y: float = 1.03):
-    """Facet titles in one style ("row · column"), an optional line at 0, the figure title."""
-    g.set_titles("{row_name} · {col_name}" if g.row_names else "{col_name}")
+def _suptitle(fig: plt.Figure, title: str, *, above: bool = True) -> None:
+    """The figure title, wrapped to the figure's width (a long one would widen the saved
+    figure and leave the panels and the legend adrift in white space); ``above``: just above
+    the panels' titles, however many lines it takes (a constrained layout places it itself)."""
+    chars = max(40, int(fig.get_figwidth() * 72 / 6.5))  # ~6.5 pt per character at 12 pt
+    text = textwrap.fill(title, chars)
+    if above:
+        fig.suptitle(text, y=1.0, va="bottom")
+    else:
+        fig.suptitle(text)
+
+
+def _titles(g: sns.FacetGrid) -> None:
+    """Facet titles in one style for every figure: "row · column", or "column" alone."""
+    if g.row_names and g.col_names:
+        g.set_titles("{row_name} · {col_name}")
+    elif g.row_names:
+        g.set_titles("{row_name}")
+    else:
+        g.set_titles("{col_name}")
+
+
+def _finish(g: sns.FacetGrid, title: str, *, zero_line: bool = False) -> plt.Figure:
+    """Facet titles in one style, an optional line at 0, the legend right beside the top
+    right panel, and the figure title."""
+    _titles(g)
     if zero_line:
         for ax in g.axes.flat:
             ax.axhline(0, color="k", lw=0.6)
-    g.figure.suptitle(title, y=y)
+    if g.legend is not None:
+        sns.move_legend(g, "upper left", bbox_to_anchor=(1.04, 1.0), frameon=False,
+                        bbox_transform=g.axes[0, -1].transAxes)  # fmt: skip
+    _suptitle(g.figure, title)
     return g.figure
+
+
+def _label_bars(ax: plt.Axes, fmt: str = "{:.2f}") -> None:
+    """The value above each bar, so that a bar at 0 reads "0.00" and is not taken for a
+    missing one."""
+    for bars in ax.containers:
+        labels = [fmt.format(bar.get_height()) for bar in bars]
+        ax.bar_label(bars, labels=labels, padding=1, fontsize="x-small", rotation=90)
+
+
+def _mark_missing(g: sns.FacetGrid, d: pd.DataFrame, row: str, col: str, why: str) -> None:
+    """Panels without data (columns ``row`` × ``col`` of ``d``) say why, ``why`` formatted
+    with the panel's ``row`` and ``col`` values, instead of showing empty axes."""
+    for (r, c), ax in g.axes_dict.items():
+        if d[(d[row] == r) & (d[col] == c)].empty:
+            for artist in [*ax.lines, *ax.collections, *ax.patches]:
+                artist.remove()  # not ax.clear(): that resets the axis it shares
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, why.format(row=r, col=c), ha="center", va="center",
+                    transform=ax.transAxes, wrap=True)  # fmt: skip
+
+
+MEASURES = {  # split -> (panel row, people)
+    "id": ("QA exact match", "QA trained"),
+    "ood": ("QA exact match", "held out (OOD)"),
+    "bio_id": ("bio memorisation", "QA trained"),
+    "bio_ood": ("bio memorisation", "held out (OOD)"),
+}
 
 
 def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
+    """QA exact match and, in its own row, the memorisation of the bios (the first token of
+    each attribute value, teacher-forced); every bar carries its value, so 0 is seen."""
     title = TITLES["accuracy"]
     _need(acc, "no predictions in the accuracy table")
-    d = acc[acc["attribute"] == "all"]
-    g = _grid(d, "bar", x="strategy", y="accuracy", hue="split", col="model",
-              hue_order=_present(SPLIT_ORDER, d["split"]), height=3.5, aspect=1.0)  # fmt: skip
-    g.set(ylim=(0, 1.05))
-    g.set_axis_labels("training strategy", "exact-match accuracy")
-    g.set_titles("{col_name}")
-    g.legend.set_title("split")
-    sns.move_legend(g, "upper left", bbox_to_anchor=(1.0, 0.9))
-    g.figure.suptitle(title, y=1.04)
-    g.figure.text(
-        0.5,
-        -0.04,
-        "id: people whose QA was trained · ood: held-out people · bio_*: first attribute token "
-        "in their bios (teacher-forced)",
-        ha="center",
-    )
-    return g.figure
+    d = acc[acc["attribute"] == "all"].copy()
+    d["measure"] = d["split"].map(lambda s: MEASURES[s][0])
+    d["people"] = d["split"].map(lambda s: MEASURES[s][1])
+    rows = [m for m in dict.fromkeys(v[0] for v in MEASURES.values()) if m in set(d["measure"])]
+    g = _grid(d, "bar", x="strategy", y="accuracy", hue="people", col="model", row="measure",
+              order=_present(STRATEGIES, d["strategy"]), row_order=rows,
+              hue_order=["QA trained", "held out (OOD)"], height=2.6, aspect=1.3)  # fmt: skip
+    g.set(ylim=(0, 1.15))
+    g.set_axis_labels("training strategy", "accuracy")
+    for ax in g.axes.flat:
+        _label_bars(ax)
+    return _finish(g, title)
 
 
 def primary(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The rows of the first definition and scope in the table, and a label for titles."""
+    """The rows of one ranking, the same in every figure: the trajectory Δ and the global
+    top-k where they were ranked, otherwise the first of the table; and a label for titles."""
     if df.empty or "definition" not in df:
         return df, ""
-    d0, s0 = df["definition"].iloc[0], df["scope"].iloc[0]
+    defs, scopes = list(df["definition"].unique()), list(df["scope"].unique())
+    d0 = "trajectory" if "trajectory" in defs else defs[0]
+    s0 = "global" if "global" in scopes else scopes[0]
     return df[(df["definition"] == d0) & (df["scope"] == s0)], f"{d0} Δ, {s0} top-k"
 
 
@@ -202,9 +262,7 @@ def fig_shared_layer_module(shared: pd.DataFrame, k: float | None) -> plt.Figure
               col_order=_present(STRATEGIES, d["strategy"]), height=3.2, aspect=1.4,
               sharey="row", errorbar=None)  # fmt: skip
     g.set_axis_labels("layer", "shared parameters")
-    g.set_titles("{row_name} · {col_name}")
-    g.figure.suptitle(f"{title}, k = {k:g}%, {label} (mean over seeds)", y=1.03)
-    return g.figure
+    return _finish(g, f"{title}, k = {k:g}%, {label} (mean over seeds)")
 
 
 def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
@@ -220,37 +278,25 @@ def fig_head_heatmap(shared: pd.DataFrame, k: float | None) -> plt.Figure:
     ].mean()
     runs = sorted({(m, s) for m, s in zip(d["model"], d["strategy"], strict=True)})
     modules = [m for m in ("attn.q", "attn.k", "attn.v", "attn.o") if m in set(d["module"])]
-    fig, axes = plt.subplots(
-        len(runs),
-        len(modules),
-        figsize=(3.2 * len(modules) + 1, 2.6 * len(runs) + 0.6),
-        squeeze=False,
-    )
+    fig, axes = plt.subplots(len(runs), len(modules), squeeze=False, layout="constrained",
+                             figsize=(2.8 * len(modules) + 1.2, 2.3 * len(runs) + 0.8))  # fmt: skip
     vmax = float(d["n_shared"].max()) or 1.0
     for i, (model, strategy) in enumerate(runs):
+        n_q = d[(d["model"] == model) & (d["module"] == "attn.q")]["head"].nunique()
         for j, module in enumerate(modules):
             ax = axes[i][j]
             part = d[(d["model"] == model) & (d["strategy"] == strategy) & (d["module"] == module)]
             grid = part.pivot_table(index="layer", columns="head", values="n_shared", aggfunc="sum")
             grid.index = grid.index.astype(int)
             grid.columns = grid.columns.astype(int)
-            sns.heatmap(
-                grid,
-                ax=ax,
-                cmap="viridis",
-                vmin=0,
-                vmax=vmax,
-                cbar=j == len(modules) - 1,
-                cbar_kws={"label": "shared parameters"},
-            )
-            n_q = d[(d["model"] == model) & (d["module"] == "attn.q")]["head"].nunique()
+            sns.heatmap(grid, ax=ax, cmap="viridis", vmin=0, vmax=vmax, cbar=False)
             gqa = module in ("attn.k", "attn.v") and part["head"].nunique() < n_q
-            kv = " (KV head)" if gqa else ""
-            ax.set_title(f"{model} · {strategy} · {module}", fontsize=9)
-            ax.set_xlabel(f"head{kv}")
-            ax.set_ylabel("layer")
-    fig.suptitle(f"{title}, k = {k:g}%, {label} (mean over seeds)")
-    fig.tight_layout()
+            ax.set_title(f"{model} · {strategy} · {module}")
+            ax.set_xlabel("KV head" if gqa else "head")
+            ax.set_ylabel("layer" if j == 0 else "")
+    # one scale for every panel, so one colour bar for the figure
+    fig.colorbar(axes[0][0].collections[0], ax=axes, shrink=0.6, label="shared parameters")
+    _suptitle(fig, f"{title}, k = {k:g}%, {label} (mean over seeds)", above=False)
     return fig
 
 
@@ -258,23 +304,23 @@ def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
     title = TITLES["overlap_vs_k"]
     _need(overlap, "no overlap table")
     d = overlap.copy()
-    d["ranking"] = d["definition"] + " · " + d["scope"]
-    g = _by_strategy(d, "line", x="k_percent", y="enrichment", style="model", col="ranking",
-                     markers=True, height=3.4, aspect=1.1, facet_kws={"sharey": False})  # fmt: skip
+    d["definition"] = d["definition"] + " Δ"
+    d["scope"] = d["scope"] + " top-k"
+    g = _by_strategy(d, "line", x="k_percent", y="enrichment", style="model", col="scope",
+                     row="definition", markers=True, height=3.0, aspect=1.2,
+                     facet_kws={"sharey": "row"})  # fmt: skip
     ks = sorted(d["k_percent"].unique())
     for ax in g.axes.flat:
         ax.axhline(1.0, color="grey", ls=":", lw=2)
         ax.set_xscale("log")
         ax.set_xticks(ks, [f"{k:g}" for k in ks])
         ax.minorticks_off()
-    g.set_axis_labels("k (% of ranked parameters)", "n_shared / expected_shared")
-    g.set_titles("{col_name}")
-    g.figure.suptitle(
+    g.set_axis_labels("k (% of ranked parameters)", "shared / expected by the null")
+    return _finish(
+        g,
         f"{title}: 1 (dotted) = two independent top-k sets with the observed size in every "
-        "head slice / tensor",
-        y=1.05,
+        "head slice / tensor; one y scale per row",
     )
-    return g.figure
 
 
 def fig_concentration(conc: pd.DataFrame, k: float | None) -> plt.Figure:
@@ -293,27 +339,33 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     title = TITLES["ablation"]
     _need(draws, "no ablation results")
     draws, label = primary(draws)
-    none = draws[draws["condition"] == "none"].groupby(["model", "strategy", "seed", "split"])[
-        "accuracy"
-    ]
-    base = none.first().rename("accuracy_none").reset_index()
-    d = draws[draws["condition"] != "none"].merge(base, on=["model", "strategy", "seed", "split"])
+    keys = ["model", "strategy", "seed", "split"]
+    base = draws[draws["condition"] == "none"].groupby(keys)["accuracy"].first()
+    d = draws[draws["condition"] != "none"].merge(base.rename("accuracy_none").reset_index(),
+                                                  on=keys)  # fmt: skip
     d["accuracy_drop"] = d["accuracy_none"] - d["accuracy"]
     d["run"] = d["model"] + " · " + d["strategy"]
     d["k"] = d["k_percent"].map(lambda k: f"k = {k:g}%")
     g = _grid(d, "bar", x="condition", y="accuracy_drop", hue="split", col="k", row="run",
-              order=_present(CONDITION_ORDER, d["condition"]), errorbar="sd", height=3.0,
-              aspect=1.2)  # fmt: skip
-    g.set_axis_labels("reset set", "accuracy drop (θT − ablated)")
-    g.set_titles("{row_name} · {col_name}")
-    for ax in g.axes.flat:
-        ax.axhline(0, color="k", lw=0.8)
+              order=_present(CONDITION_ORDER, d["condition"]), errorbar="sd", height=2.4,
+              aspect=1.5)  # fmt: skip
+    g.set_axis_labels("reset set", "")
+    g.figure.supylabel("accuracy drop (θT − ablated)")
+    theta = base.groupby(["model", "strategy", "split"]).mean()
+    for (run, _k), ax in g.axes_dict.items():
+        acc = theta.loc[tuple(run.split(" · "))]
+        if (acc == 0).all():  # nothing can drop: say so instead of an empty panel
+            ax.text(0.5, 0.5, "θT accuracy is 0:\nno drop is possible", ha="center",
+                    va="center", transform=ax.transAxes, backgroundcolor="white")  # fmt: skip
+        else:
+            note = "θT: " + " · ".join(f"{split} {a:.2f}" for split, a in acc.items())
+            ax.text(0.02, 0.97, note, transform=ax.transAxes, va="top", fontsize="small")
         ax.tick_params(axis="x", rotation=20)
-    g.figure.suptitle(
+    return _finish(
+        g,
         f"{title} ({label}): shared vs matched controls (error bars: sd over draws and seeds)",
-        y=1.03,
+        zero_line=True,
     )
-    return g.figure
 
 
 def fig_consistency_vs_step(cons: pd.DataFrame) -> plt.Figure:
@@ -322,10 +374,16 @@ def fig_consistency_vs_step(cons: pd.DataFrame) -> plt.Figure:
     d = cons[cons["source"].isin(["probe_id", "probe_ood"])].copy()
     d["source"] = d["source"].map({"probe_id": "trained people", "probe_ood": "held-out people"})
     g = _by_strategy(d, "line", x="run_step", y="cosine", style="source", col="module",
-                     row="model", col_order=_present(MODULE_ORDER, d["module"]), height=2.6,
-                     aspect=1.1)  # fmt: skip
-    g.set_axis_labels("training step (stage: BIO, then QA)", "cos(g_BIO, g_QA)")
-    return _finish(g, title, zero_line=True)
+                     row="model", col_order=_present(MODULE_ORDER, d["module"]), height=2.4,
+                     aspect=1.0)  # fmt: skip
+    g.set_axis_labels("", "cos(g_BIO, g_QA)")
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, integer=True, prune="upper"))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 2000 -> "2k"
+    g.figure.supxlabel("training step (stage: the BIO stage, then the QA stage)", y=0.0)
+    fig = _finish(g, title, zero_line=True)
+    _mark_missing(g, d, "model", "module", "{row} has no {col}")
+    return fig
 
 
 def fig_consistency_by_set(by_set: pd.DataFrame, k: float | None) -> plt.Figure:
@@ -368,6 +426,8 @@ def fig_representation(rep: pd.DataFrame) -> plt.Figure:
     g = _by_strategy(d, "line", x="layer", y="y", style="pair", col="panel", row="model",
                      markers=True, height=2.8, aspect=1.2, facet_kws={"sharey": False})  # fmt: skip
     g.set_axis_labels("layer (0 = embeddings)", "")
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(g, f"{title} (held-out people)")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crosstrace.atomic import atomic_file
-from crosstrace.config import section_defaults
+from crosstrace.config import section_defaults, trained_people
 from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.templates import QA_TEMPLATES, sentence_templates
 
@@ -225,7 +224,7 @@ def _bios(
 def _split(cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask: True for people whose QA is training data."""
     n = cfg.n_people
-    n_train = math.floor(n * cfg.qa_train_fraction + 0.5)
+    n_train = trained_people(n, cfg.qa_train_fraction)
     if n_train == 0 or n_train == n:
         side = "training" if n_train == 0 else "OOD test"
         raise ConfigError(
