@@ -2,6 +2,7 @@ rule ablate:
     """Reset the shared top-k parameters to θ0 and re-evaluate, beside matched controls."""
     input:
         unpack(rank_traces),
+        unpack(update_trace_input),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
         base=res("models/{model}/seed{seed}/base"),
         ranking=run_file(RANKING_FILES["ranking"]),

@@ -26,6 +26,8 @@ from crosstrace.outputs import (
     TRACE_FILES,
     TRAIN_LOG_FILE,
     TRAINING_CONSISTENCY_FILE,
+    TRAINING_CURVE_FILE,
+    BIO_END_PREDICTIONS_FILE,
 )
 from crosstrace.training_config import phase_training, trace_section
 
@@ -93,6 +95,19 @@ def consistency_params():
     return {"every": a["consistency_every"], "probe_people": a["probe_people"]}
 
 
+def curve_params():
+    """Memorisation and recall during training (crosstrace.curve)."""
+    a = config["analysis"]
+    return {"points": a["curve_points"], "people": a["curve_people"]}
+
+
+def train_init_curve(wildcards):
+    """The BIO stage's training curve a stage run continues; None for mix."""
+    if wildcards.strategy == "stage":
+        return os.path.join(train_init(wildcards), TRAINING_CURVE_FILE)
+    return None
+
+
 def train_init_consistency(wildcards):
     """The BIO stage's consistency rows a stage run continues; None for mix."""
     if wildcards.strategy == "stage":
@@ -109,6 +124,7 @@ def rank_settings():
         "rank_params": a["rank_params"],
         "scopes": a["rank_scope"],
         "definitions": a["definitions"],
+        "primary": a["primary_definition"],
     }
 
 
@@ -188,12 +204,27 @@ def all_trace_dumps():
 
 
 def rank_traces(wildcards):
-    """{definition: trace file} of one run, for the definitions the config ranks."""
+    """{trace_<definition>: trace file} of one run, for the definitions the config ranks."""
     folder = run_dir(wildcards.model, wildcards.strategy, wildcards.seed)
     return {
-        d: os.path.join(folder, TRACE_FILES[d])
+        f"trace_{d}": os.path.join(folder, TRACE_FILES[d])
         for d in config["analysis"]["definitions"]
     }
+
+
+def update_trace_output():
+    """The train rule's update-decomposition file, where trace.kinds keeps it."""
+    if "update" in config["trace"]["kinds"]:
+        return {"update_trace": run_file(TRACE_FILES["update"])}
+    return {}
+
+
+def update_trace_input(wildcards):
+    """A run's update-decomposition file (the ablation's removal counterfactuals), if kept."""
+    if "update" in config["trace"]["kinds"]:
+        folder = run_dir(wildcards.model, wildcards.strategy, wildcards.seed)
+        return {"update_trace": os.path.join(folder, TRACE_FILES["update"])}
+    return {}
 
 
 def ranking_files(model, strategy, seed):
@@ -211,7 +242,36 @@ def run_files(model, strategy, seed):
         **ranking_files(model, strategy, seed),
         "ablation": os.path.join(folder, ABLATION_FILE),
         **consistency_files(model, strategy, seed),
+        "training_curve": os.path.join(folder, TRAINING_CURVE_FILE),
+        "bio_end_predictions": bio_end_predictions(model, strategy, seed),
+        "train_logs": train_logs(model, strategy, seed),
     }
+
+
+def train_logs(model, strategy, seed):
+    """Every phase's per-step log of a run (two-stage: the BIO stage's, then the QA stage's)."""
+    logs = [os.path.join(run_dir(model, strategy, seed), TRAIN_LOG_FILE)]
+    if strategy == "stage":
+        logs.insert(0, os.path.join(res(f"runs/{model}/stage/seed{seed}/bio"), TRAIN_LOG_FILE))
+    return logs
+
+
+def bio_end_predictions(model, strategy, seed):
+    """θ_BIO's predictions of a two-stage run; None for mix."""
+    if strategy != "stage":
+        return None
+    return os.path.join(run_dir(model, "stage", seed), BIO_END_PREDICTIONS_FILE)
+
+
+def all_run_inputs():
+    """The files of every run the database reads beyond predictions, ranking and ablation."""
+    out = []
+    for run in all_runs():
+        files = run_files(*run)
+        out += [files["training_curve"], *files["train_logs"][-1:]]
+        if files["bio_end_predictions"] is not None:
+            out.append(files["bio_end_predictions"])
+    return out
 
 
 def consistency_files(model, strategy, seed):

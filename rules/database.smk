@@ -8,6 +8,7 @@ rule aggregate:
         rankings=all_ranking_files(),
         ablations=all_ablations(),
         consistency=all_consistency_files(),
+        runs=all_run_inputs(),
     output:
         **{t: res(f"tables/{t}.parquet") for t in TABLES},
         database=res("crosstrace.duckdb"),

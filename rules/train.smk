@@ -12,7 +12,8 @@ rule train_bio:
         **DATA,
         init=res("models/{model}/seed{seed}/base"),
     output:
-        # An HF model folder that also holds trace.safetensors and train_log.parquet.
+        # An HF model folder that also holds the trace files, train_log.parquet, the
+        # consistency records and the training curve.
         model=directory(res("runs/{model}/stage/seed{seed}/bio")),
     log:
         res("logs/train_bio/{model}/seed{seed}.log"),
@@ -40,6 +41,9 @@ rule train_bio:
             output.model, TRAINING_CONSISTENCY_FILE
         ),
         init_consistency=None,
+        curve=curve_params(),
+        curve_out=lambda wc, output: os.path.join(output.model, TRAINING_CURVE_FILE),
+        init_curve=None,
     script:
         "../workflow/scripts/train.py"
 
@@ -52,8 +56,10 @@ rule train:
     output:
         model=directory(res("runs/{model}/{strategy}/seed{seed}/final")),
         trace=run_file(TRACE_FILES["trajectory"]),
+        **update_trace_output(),
         train_log=run_file(TRAIN_LOG_FILE),
         consistency=run_file(TRAINING_CONSISTENCY_FILE),
+        curve=run_file(TRAINING_CURVE_FILE),
     log:
         res("logs/train/{model}/{strategy}/seed{seed}.log"),
     benchmark:
@@ -76,5 +82,8 @@ rule train:
         consistency=consistency_params(),
         consistency_out=lambda wc, output: output.consistency,
         init_consistency=train_init_consistency,
+        curve=curve_params(),
+        curve_out=lambda wc, output: output.curve,
+        init_curve=train_init_curve,
     script:
         "../workflow/scripts/train.py"

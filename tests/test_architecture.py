@@ -22,7 +22,7 @@ LAYERS = {
     "model, loss and the step": ["models", "loss", "trace", "scoring", "step", "parallel"],
     "analysis": ["probes", "consistency", "representation", "rank"],
     "stages": [
-        "train", "posthoc", "evaluate", "dump", "ablate", "final_model", "database",
+        "train", "curve", "posthoc", "evaluate", "dump", "ablate", "final_model", "database",
         "headline", "plots", "report",
     ],
     "entry points": ["worker", "cli"],

@@ -32,7 +32,7 @@ from crosstrace.errors import (
     ResumeError,
 )
 from crosstrace.models import build_base
-from crosstrace.tracefile import load_trace
+from crosstrace.tracefile import kind_path, load_trace
 from crosstrace.train import train_run
 from crosstrace.training_config import TrainingConfig
 from crosstrace.world import synthesize_world
@@ -215,6 +215,27 @@ def test_two_ranks_equal_one_process(
     assert list(l1["tokens"]) == list(l2["tokens"])
     for col in ("loss_bio", "loss_qa"):
         np.testing.assert_allclose(l2[col].astype(float), l1[col].astype(float), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_update_decomposition_on_two_ranks(
+    tmp_path: Path, world: Path, bases: dict[str, Path], mode: str
+) -> None:
+    """AdamW with weight decay and clipping on 2 gloo ranks: Δ^upd_bio + Δ^upd_qa + Δ_wd is
+    θ0 − θT (FSDP2: each rank decomposed its shard with its shard of the optimizer state)."""
+    adamw = {**SGD, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.5,
+             "distributed": mode, "nproc": 2}  # fmt: skip
+    out = tmp_path / "run"
+    train_run(bases["llama"], out / "model", out / "trace.safetensors", out / "log.parquet",
+              phase="mix", data_dir=world, training=adamw, progress=False)  # fmt: skip
+    theta0, theta_t = weights(bases["llama"]), weights(out / "model")
+    upd = load_trace(kind_path(out / "trace.safetensors", "update"))
+    for name in theta0:
+        change = theta0[name] - theta_t[name]
+        total = upd["bio"][name] + upd["qa"][name] + upd["weight_decay"][name]
+        scale = float(change.abs().max()) or 1.0
+        assert float((total - change).abs().max()) <= 5e-4 * scale, name
+    assert any(float(t.abs().max()) > 0 for t in upd["weight_decay"].values())
 
 
 @pytest.mark.parametrize("strategy", ["mix", "stage"])

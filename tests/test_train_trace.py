@@ -15,7 +15,7 @@ from crosstrace.errors import ConfigError
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.optim import warmup_cosine
 from crosstrace.step import optimizer_step
-from crosstrace.tracefile import load_trace
+from crosstrace.tracefile import kind_path, load_trace
 from crosstrace.train import train_run
 from crosstrace.training_config import TrainingConfig
 from crosstrace.world import read_bio, read_qa, synthesize_world
@@ -142,6 +142,56 @@ def test_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.undo()
     monkeypatch.setenv(devices.CPU_BF16_ENV, "0")
     assert devices.resolve_precision(cpu, "auto") == "fp32"  # what the test suite runs in
+
+
+ADAMW = {**SGD, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.5, "max_grad_norm": 0.05,
+         "qa_loss_weight": 0.3}  # fmt: skip  # clipping active at every step here
+
+
+@pytest.mark.parametrize("phases", [["mix"], ["bio", "qa"]], ids=["mix", "stage"])
+def test_update_decomposition_is_the_optimizers_update(
+    base: Path, world: Path, tmp_path: Path, phases: list[str]
+) -> None:
+    """AdamW with decoupled weight decay, clipping and the weighted loss:
+    Δ^upd_bio + Δ^upd_qa + Δ_wd = θ0 − θT (two-stage: over both stages, continued)."""
+    theta0, init, init_trace = weights(base), base, None
+    for phase in phases:
+        init, trace = run(base if init is None else init, world, tmp_path, phase, ADAMW,
+                          init_trace=init_trace)  # fmt: skip
+        init_trace = trace
+    theta_t = weights(init)
+    upd = load_trace(kind_path(init_trace, "update"))
+    assert set(upd) == {"bio", "qa", "weight_decay"}
+    total = {n: upd["bio"][n] + upd["qa"][n] + upd["weight_decay"][n] for n in theta0}
+    change = {n: theta0[n] - theta_t[n] for n in theta0}
+    for name in theta0:  # float rounding of Adam's division, relative to the tensor's change
+        scale = float(change[name].abs().max()) or 1.0
+        error = float((total[name] - change[name]).abs().max())
+        assert error <= 5e-4 * scale, (name, error, scale)
+        # leaving the weight decay out would miss by far more wherever it acts
+        if float(upd["weight_decay"][name].abs().max()) > 0:
+            assert float((total[name] - upd["weight_decay"][name] - change[name]).abs().max()) > (
+                20 * error
+            )
+    # each part is real: decay on matrices only, and both tasks moved the weights
+    assert all(float(upd["weight_decay"][n].abs().max()) == 0 for n in theta0 if theta0[n].ndim < 2)
+    assert any(float(upd["weight_decay"][n].abs().max()) > 0 for n in theta0)
+    if phases == ["mix"]:
+        assert all(sum(float(t.abs().sum()) for t in upd[k].values()) > 0 for k in ("bio", "qa"))
+    # the gradient trace is not the update: under AdamW they differ
+    grad = load_trace(init_trace)
+    assert not torch.allclose(grad["bio"][next(iter(theta0))], upd["bio"][next(iter(theta0))])
+
+
+def test_update_trace_equals_the_gradient_trace_under_sgd(
+    base: Path, world: Path, tmp_path: Path
+) -> None:
+    _, trace = run(base, world, tmp_path, "mix", {**SGD, "qa_loss_weight": 0.7})
+    grad, upd = load_trace(trace), load_trace(kind_path(trace, "update"))
+    for task in ("bio", "qa"):
+        for name in grad[task]:
+            torch.testing.assert_close(upd[task][name], grad[task][name], rtol=1e-5, atol=1e-8)
+    assert all(float(t.abs().max()) == 0 for t in upd["weight_decay"].values())  # wd 0
 
 
 def test_trace_identity_mix_weighted(base: Path, world: Path, tmp_path: Path) -> None:

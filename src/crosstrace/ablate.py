@@ -87,6 +87,45 @@ def reset_parameters(model: torch.nn.Module, base: dict[str, torch.Tensor], mask
     return n
 
 
+COUNTERFACTUALS = ("reset", "remove_bio", "remove_qa")
+COLUMNS = ["definition", "scope", "k_percent", "condition", "draw", "counterfactual", "n_target",
+           "n_reset", "split", "n", "accuracy"]  # fmt: skip
+
+
+class _Scorer:
+    """θT on the device, its values on the CPU, and QA exact match on the fixed sample."""
+
+    def __init__(self, model_dir, qa_path, *, questions_per_split, seed, batch_size, device):
+        from crosstrace.devices import resolve_device
+        from crosstrace.models import bos_id, load_model
+        from crosstrace.scoring import qa_examples
+        from crosstrace.world import read_qa
+
+        self.net, tokenizer = load_model(model_dir, resolve_device(device))
+        self.final = {n: p.detach().cpu().clone() for n, p in self.net.named_parameters()}
+        qa = read_qa(qa_path)
+        qa = qa.iloc[question_sample(qa, questions_per_split, seed)].reset_index(drop=True)
+        self.examples = qa_examples(qa, tokenizer, bos_id(self.net, tokenizer))
+        self.splits = qa["split"].map({"train": "id", "test": "ood"}).to_numpy()
+        self.batch_size = batch_size
+
+    def accuracy(self) -> list[tuple[str, int, float]]:
+        from crosstrace.scoring import qa_exact_match
+
+        hit = qa_exact_match(self.net, self.examples, batch_size=self.batch_size)
+        return [
+            (s, int((self.splits == s).sum()), float(hit[self.splits == s].mean())) for s in SPLITS
+        ]
+
+    def with_values(self, values: dict[str, torch.Tensor], masks: Masks):
+        """Accuracy with the masked elements set to ``values``, then θT again; (n, rows)."""
+        n = reset_parameters(self.net, values, masks)
+        try:
+            return n, self.accuracy()
+        finally:
+            reset_parameters(self.net, self.final, masks)
+
+
 def ablate_run(
     model_dir: str | os.PathLike[str],
     base_dir: str | os.PathLike[str],
@@ -102,71 +141,62 @@ def ablate_run(
     questions_per_split: int | None = None,
     batch_size: int = 1024,
     device: str = "auto",
+    update_trace: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Evaluate θT and every ablation condition; write and return the table.
 
-    ``traces`` maps each ranked definition to its trace file. Columns: model, strategy, seed,
-    definition, scope, k_percent, condition, draw, n_target, n_reset, split, n, accuracy.
+    ``traces`` maps each ranked definition to its trace file; the sets are those of
+    ``settings.primary``. Every set is reset to θ0 (counterfactual ``reset``); with
+    ``update_trace`` (the update decomposition), the shared set and the first draw of each
+    control also lose one task's updates (``remove_bio``, ``remove_qa``: θT + Δ^upd_task on
+    the set). Columns: model, strategy, seed, definition, scope, k_percent, condition, draw,
+    counterfactual, n_target, n_reset, split, n, accuracy.
     """
-    from crosstrace.devices import resolve_device
-    from crosstrace.models import bos_id, load_model
-    from crosstrace.scoring import qa_exact_match, qa_examples
-    from crosstrace.world import read_qa
+    from crosstrace.models import load_model
 
     if draws < 1:
         raise ConfigError(f"analysis.ablation_draws must be >= 1, got {draws}")
     ranking, _ = read_ranking(ranking_path, settings=settings, run=run)
-    dev = resolve_device(device)
-    net, tokenizer = load_model(model_dir, dev)
+    scorer = _Scorer(model_dir, qa_path, questions_per_split=questions_per_split,
+                     seed=ablation_seed, batch_size=batch_size, device=device)  # fmt: skip
     base_net, _ = load_model(base_dir, "cpu")
-    base = {n: p.detach().cpu() for n, p in base_net.named_parameters()}
+    targets = {"reset": {n: p.detach().cpu() for n, p in base_net.named_parameters()}}
     del base_net
-    final = {n: p.detach().cpu().clone() for n, p in net.named_parameters()}
-    shapes = {n: tuple(p.shape) for n, p in final.items()}
-    pmap = ParamMap(net.config)
-    qa = read_qa(qa_path)
-    qa = qa.iloc[question_sample(qa, questions_per_split, ablation_seed)].reset_index(drop=True)
-    examples = qa_examples(qa, tokenizer, bos_id(net, tokenizer))
-    splits = qa["split"].map({"train": "id", "test": "ood"}).to_numpy()
-
-    def accuracy() -> list[tuple[str, int, float]]:
-        hit = qa_exact_match(net, examples, batch_size=batch_size)
-        return [
-            (s, int((splits == s).sum()), float(hit[splits == s].mean())) for s in ("id", "ood")
-        ]
-
-    rows = []
-    acc_none = accuracy()
+    if update_trace is not None:
+        upd = TraceFile(update_trace, what=f"{run} update trace")
+        for task in TASKS:
+            targets[f"remove_{task}"] = {
+                n: v + torch.from_numpy(upd.get(task, n).copy()).view_as(v)
+                for n, v in scorer.final.items()
+            }
+    shapes = {n: tuple(p.shape) for n, p in scorer.final.items()}
+    pmap = ParamMap(scorer.net.config)
+    definition = settings.primary
+    source = TraceFile(traces[definition], what=f"{run} {definition} trace")
+    if not set(TASKS) <= set(source.shapes):
+        raise InputDataError(f"{run}: the {definition} trace lacks a task")
     population = Population.of(pmap, shapes, settings)
-    for definition in settings.definitions[:1]:  # the first (primary) definition: see docstring
-        source = TraceFile(traces[definition], what=f"{run} {definition} trace")
-        if sorted(source.shapes) != sorted(TASKS):
-            raise InputDataError(f"{run}: the {definition} trace lacks a task")
-        for scope in settings.scopes:
-            for k in settings.k_percent:
-                sets = condition_masks(
-                    source, pmap, ranking, settings, definition=definition, scope=scope, k=k,
-                    shapes=shapes, draws=draws, population=population,
-                    seed=control_seed(ablation_seed, run.seed, k, definition, scope, settings),
-                )  # fmt: skip
-                n_target = sum(int(m.sum()) for m in sets[("shared", 0)].values())
-                for (condition, draw), masks in sets.items():
-                    if condition == "none":
-                        result, n_reset = acc_none, 0
-                    else:
-                        n_reset = reset_parameters(net, base, masks)
-                        result = accuracy()
-                        reset_parameters(net, final, masks)  # back to θT
-                    for split, n, acc in result:
-                        rows.append(
-                            (definition, scope, k, condition, draw, n_target, n_reset, split, n,
-                             acc)
-                        )  # fmt: skip
-    df = pd.DataFrame(
-        rows,
-        columns=["definition", "scope", "k_percent", "condition", "draw", "n_target", "n_reset",
-                 "split", "n", "accuracy"],
-    )  # fmt: skip
+    theta_t, rows = scorer.accuracy(), []
+    for scope in settings.scopes:
+        for k in settings.k_percent:
+            sets = condition_masks(
+                source, pmap, ranking, settings, definition=definition, scope=scope, k=k,
+                shapes=shapes, draws=draws, population=population,
+                seed=control_seed(ablation_seed, run.seed, k, definition, scope, settings),
+            )  # fmt: skip
+            n_target = sum(int(m.sum()) for m in sets[("shared", 0)].values())
+            for (condition, draw), masks in sets.items():
+                if condition == "none":  # θT itself, scored once, a row per set for pairing
+                    rows += [(definition, scope, k, condition, draw, "none", n_target, 0, *r)
+                             for r in theta_t]  # fmt: skip
+                    continue
+                for counterfactual, values in targets.items():
+                    if counterfactual != "reset" and draw > 0:
+                        continue
+                    n_reset, result = scorer.with_values(values, masks)
+                    rows += [(definition, scope, k, condition, draw, counterfactual, n_target,
+                              n_reset, *r) for r in result]  # fmt: skip
+    df = pd.DataFrame(rows, columns=COLUMNS)
     df.insert(0, "seed", int(run.seed))
     df.insert(0, "strategy", run.strategy)
     df.insert(0, "model", run.model)

@@ -98,7 +98,7 @@ def shipped_pool_size(name: str) -> int:
 
 def _world_problems(cfg: dict[str, Any]) -> list[str]:
     """The world's sizes against each other: the split, the probe people, unique names."""
-    world, probe = cfg["world"], cfg["analysis"]["probe_people"]
+    world, analysis = cfg["world"], cfg["analysis"]
     n, fraction = world["n_people"], world["qa_train_fraction"]
     trained = trained_people(n, fraction)
     held_out = n - trained
@@ -107,13 +107,16 @@ def _world_problems(cfg: dict[str, Any]) -> list[str]:
     if min(trained, held_out) == 0:
         side = "training" if trained == 0 else "OOD test"
         lines.append(f"  config key 'world.qa_train_fraction': {split} leaves no {side} people")
-    elif probe > min(trained, held_out):
-        lines.append(
-            f"  config key 'analysis.probe_people': the probe batches need {probe} trained and "
-            f"{probe} held-out people, but {split} gives {trained} trained and {held_out} "
-            f"held-out; set analysis.probe_people to at most {min(trained, held_out)} or raise "
-            "world.n_people"
-        )
+    else:
+        for key, what in (("probe_people", "the probe batches"),):
+            need = analysis[key]
+            if need > min(trained, held_out):
+                lines.append(
+                    f"  config key 'analysis.{key}': {what} need {need} trained and {need} "
+                    f"held-out people, but {split} gives {trained} trained and {held_out} "
+                    f"held-out; set analysis.{key} to at most {min(trained, held_out)} or "
+                    "raise world.n_people"
+                )
     pools = world["pools"]
     for name, size in pools.items():
         if size > shipped_pool_size(name):
@@ -174,9 +177,24 @@ def _k_problems(name: str, tiny: dict[str, Any], analysis: dict[str, Any]) -> li
     return lines
 
 
+def _definition_problems(cfg: dict[str, Any]) -> list[str]:
+    """The ranked definitions against the trace kinds kept, and the primary one."""
+    analysis, lines = cfg["analysis"], []
+    if "update" in analysis["definitions"] and "update" not in cfg["trace"]["kinds"]:
+        lines.append(
+            "  config key 'analysis.definitions': update needs trace.kinds to include update"
+        )
+    if analysis["primary_definition"] not in analysis["definitions"]:
+        lines.append(
+            f"  config key 'analysis.primary_definition': {analysis['primary_definition']!r} is "
+            f"not among analysis.definitions {analysis['definitions']}"
+        )
+    return lines
+
+
 def cross_key_problems(cfg: dict[str, Any]) -> list[str]:
     """One line per pair of config keys that cannot go together (sizes that need no data)."""
-    lines = _world_problems(cfg)
+    lines = _world_problems(cfg) + _definition_problems(cfg)
     for name, model in cfg["models"].items():
         if "tiny" in model:
             shape = _model_problems(name, model["tiny"])

@@ -119,11 +119,28 @@ def _load_dump_metadata(con: duckdb.DuckDBPyConnection, trace_root: Path) -> Non
     con.unregister("_incoming")
 
 
+def _with_columns(path: str | os.PathLike[str], defaults: dict[str, pa.Array]) -> pa.Table:
+    """A Parquet file, with the columns an older version did not write filled in."""
+    table = pq.read_table(path)
+    for name, column in defaults.items():
+        if name not in table.column_names:
+            table = table.append_column(name, column(len(table)))
+    return table
+
+
 def _predictions(path: str | os.PathLike[str]) -> pa.Table:
     """A predictions file, with ``precision`` "unrecorded" where an older file has none."""
+    return _with_columns(path, {"precision": lambda n: pa.array(["unrecorded"] * n)})
+
+
+def _train_log(path: str | os.PathLike[str]) -> pa.Table:
+    """A per-step training log, with null per-task tokens where an older log has none."""
+    if not Path(path).is_file():
+        raise InputDataError(f"training log {path} does not exist")
     table = pq.read_table(path)
-    if "precision" not in table.column_names:
-        table = table.append_column("precision", pa.array(["unrecorded"] * len(table)))
+    for col in ("tokens_bio", "tokens_qa"):
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(len(table), pa.int64()))
     return table
 
 
@@ -141,6 +158,41 @@ class RunFiles:
     by_set: str | os.PathLike[str] | None = None
     representation: str | os.PathLike[str] | None = None
     token_dependence: str | os.PathLike[str] | None = None
+    training_curve: str | os.PathLike[str] | None = None
+    bio_end_predictions: str | os.PathLike[str] | None = None  # θ_BIO (two-stage runs)
+    train_logs: tuple[str | os.PathLike[str], ...] = ()  # every phase's per-step log
+
+
+OPTIONAL_FILES = ("ablation", *CONSISTENCY_FILES, "training_curve", "bio_end_predictions")
+
+
+def _load_run(con: duckdb.DuckDBPyConnection, files: RunFiles) -> None:
+    """One run's files into the tables (a missing optional file leaves its rows out)."""
+    params = {"model": files.run.model, "strategy": files.run.strategy,
+              "seed": int(files.run.seed)}  # fmt: skip
+    ranking = {what: str(getattr(files, what)) for what in RANKING_FILES}
+    _run(con, "ranking_load", {**params, **ranking})
+    for checkpoint, path in (("final", files.predictions), ("bio_end", files.bio_end_predictions)):
+        if path is not None:
+            con.register("predictions_in", _predictions(path))
+            _run(con, "accuracy", {**params, "checkpoint": checkpoint})
+            con.unregister("predictions_in")
+    if files.ablation is not None:  # older files: every set was reset to θ0
+        counterfactual = {"counterfactual": lambda n: pa.array(["reset"] * n)}
+        con.register("ablation_in", _with_columns(files.ablation, counterfactual))
+        _run(con, "ablation_load")
+        con.unregister("ablation_in")
+    for path in files.train_logs:
+        con.register("train_log_in", _train_log(path))
+        _run(con, "compute_load", params)
+        con.unregister("train_log_in")
+    if files.training_curve is not None:
+        _run(con, "curve_load", {**params, "path": str(files.training_curve)})
+    paths = {what: getattr(files, what) for what in CONSISTENCY_FILES}
+    if all(p is not None for p in paths.values()):
+        _run(con, "consistency_load", {**params, **{k: str(v) for k, v in paths.items()}})
+    elif any(p is not None for p in paths.values()):
+        raise InputDataError(f"run {files.run}: give all of {CONSISTENCY_FILES} or none")
 
 
 def build_database(
@@ -162,7 +214,7 @@ def build_database(
     if not runs:
         raise InputDataError("build_database: no runs given")
     for files in runs:
-        for what in ("predictions", *RANKING_FILES, "ablation", *CONSISTENCY_FILES):
+        for what in ("predictions", *RANKING_FILES, *OPTIONAL_FILES):
             path = getattr(files, what)
             if path is not None and not Path(path).is_file():
                 raise InputDataError(f"run {files.run}: {what} file {path} does not exist")
@@ -192,36 +244,9 @@ def build_database(
             _load_dump_metadata(con, trace_root)
             con.execute(_trace_view(trace_root))
             for files in runs:
-                params = {
-                    "model": files.run.model,
-                    "strategy": files.run.strategy,
-                    "seed": int(files.run.seed),
-                }
-                _run(
-                    con,
-                    "ranking_load",
-                    {
-                        **params,
-                        "ranking": str(files.ranking),
-                        "cells": str(files.cells),
-                        "agreement": str(files.agreement),
-                    },
-                )
-                con.register("predictions_in", _predictions(files.predictions))
-                _run(con, "accuracy", params)
-                con.unregister("predictions_in")
-                if files.ablation is not None:
-                    _run(con, "ablation_load", {"path": str(files.ablation)})
-                paths = {what: getattr(files, what) for what in CONSISTENCY_FILES}
-                if all(p is not None for p in paths.values()):
-                    _run(
-                        con, "consistency_load", {**params, **{k: str(v) for k, v in paths.items()}}
-                    )
-                elif any(p is not None for p in paths.values()):
-                    raise InputDataError(
-                        f"run {files.run}: give all of {CONSISTENCY_FILES} or none"
-                    )
-            for name in ("overlap", "concentration", "ablation", "consistency", "summaries"):
+                _load_run(con, files)
+            for name in ("overlap", "concentration", "ablation", "consistency", "curve",
+                         "summaries"):  # fmt: skip
                 _run(con, name)
             con.execute("CHECKPOINT")
             tables_dir.mkdir(parents=True, exist_ok=True)

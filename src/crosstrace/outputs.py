@@ -8,6 +8,8 @@ from __future__ import annotations
 # results/tables/<name>.parquet: what ``crosstrace.database`` exports from the database.
 TABLES = (
     "accuracy",
+    "training_curve",
+    "training_compute",
     "ranking",
     "shared_counts",
     "overlap",
@@ -16,6 +18,7 @@ TABLES = (
     "ablation_draws",
     "definition_agreement",
     "accuracy_summary",
+    "training_curve_summary",
     "overlap_summary",
     "concentration_summary",
     "ablation_summary",
@@ -46,6 +49,7 @@ REPORT_TABLES = (
 # results/figures/<name>.<format>: what ``crosstrace.plots`` draws.
 FIGURES = (
     "accuracy",
+    "training_curve",
     "shared_by_layer_module",
     "shared_head_heatmap",
     "overlap_vs_k",
@@ -60,6 +64,7 @@ FIGURES = (
 # Files inside a run folder (results/runs/{model}/{strategy}/seed{seed}/), by role.
 TRACE_FILES = {  # by definition of Δ (crosstrace.rank.DEFINITIONS)
     "trajectory": "trace.safetensors",
+    "update": "trace_update.safetensors",  # crosstrace.tracefile.kind_path(trajectory, update)
     "endpoint": "endpoint_trace.safetensors",
 }
 RANKING_FILES = {  # crosstrace.rank
@@ -71,6 +76,8 @@ TRAIN_LOG_FILE = "train_log.parquet"  # one row per optimizer step
 PREDICTIONS_FILE = "predictions.parquet"  # crosstrace.evaluate
 ABLATION_FILE = "ablation.parquet"  # crosstrace.ablate
 TRAINING_CONSISTENCY_FILE = "consistency.parquet"  # records written during training
+TRAINING_CURVE_FILE = "training_curve.parquet"  # crosstrace.curve: evaluations during training
+BIO_END_PREDICTIONS_FILE = "bio_end_predictions.parquet"  # θ_BIO of two-stage training
 FINAL_MODEL_FILES = {  # crosstrace.final_model: analyses of θT
     "by_set": "consistency_by_set.parquet",
     "representation": "representation.parquet",

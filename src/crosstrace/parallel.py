@@ -190,6 +190,10 @@ def parallelism(mode: str, rank: distributed.Rank) -> SingleProcess:
     return FullyShardedDataParallel(rank) if mode == "fsdp" else DataParallel(rank)
 
 
-def real_tokens(batches: Sequence[MicroBatch]) -> int:
-    """Tokens (not pads) in this rank's micro-batches, stand-ins left out."""
-    return sum(int(mb.attention_mask.sum()) for mb in batches if mb.weight)
+def real_tokens(batches: Sequence[MicroBatch], task: str | None = None) -> int:
+    """Tokens (not pads) in this rank's micro-batches (of ``task``), stand-ins left out."""
+    return sum(
+        int(mb.attention_mask.sum())
+        for mb in batches
+        if mb.weight and (task is None or mb.task == task)
+    )

@@ -47,6 +47,7 @@ from crosstrace.runs import STRATEGIES
 
 TITLES = {  # figure stem -> title
     "accuracy": "QA exact match and bio memorisation by training strategy",
+    "training_curve": "Memorisation and recall during training",
     "shared_by_layer_module": "Shared parameters (top-k BIO ∩ top-k QA) per layer and module",
     "shared_head_heatmap": "Shared parameters per layer and head",
     "overlap_vs_k": "Shared parameters vs the stratified null",
@@ -70,6 +71,7 @@ def load_tables(source: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
     source = Path(source)
     names = (
         "accuracy",
+        "training_curve",
         "shared_counts",
         "overlap",
         "ablation_draws",
@@ -223,11 +225,13 @@ def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
     title = TITLES["accuracy"]
     _need(acc, "no predictions in the accuracy table")
     d = acc[acc["attribute"] == "all"].copy()
+    if "checkpoint" in d:  # two-stage training's θ_BIO beside the final models
+        d["strategy"] = d["strategy"].where(d["checkpoint"] != "bio_end", "stage θ_BIO")
     d["measure"] = d["split"].map(lambda s: MEASURES[s][0])
     d["people"] = d["split"].map(lambda s: MEASURES[s][1])
     rows = [m for m in dict.fromkeys(v[0] for v in MEASURES.values()) if m in set(d["measure"])]
     g = _grid(d, "bar", x="strategy", y="accuracy", hue="people", col="model", row="measure",
-              order=_present(STRATEGIES, d["strategy"]), row_order=rows,
+              order=_present(["mix", "stage θ_BIO", "stage"], d["strategy"]), row_order=rows,
               hue_order=["QA trained", "held out (OOD)"], height=2.6, aspect=1.3)  # fmt: skip
     g.set(ylim=(0, 1.15))
     g.set_axis_labels("training strategy", "accuracy")
@@ -339,6 +343,8 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     title = TITLES["ablation"]
     _need(draws, "no ablation results")
     draws, label = primary(draws)
+    if "counterfactual" in draws:  # the resets to θ0 (removals of one task's updates apart)
+        draws = draws[draws["counterfactual"].isin(["none", "reset"])]
     keys = ["model", "strategy", "seed", "split"]
     base = draws[draws["condition"] == "none"].groupby(keys)["accuracy"].first()
     d = draws[draws["condition"] != "none"].merge(base.rename("accuracy_none").reset_index(),
@@ -366,6 +372,21 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
         f"{title} ({label}): shared vs matched controls (error bars: sd over draws and seeds)",
         zero_line=True,
     )
+
+
+def fig_training_curve(curve: pd.DataFrame) -> plt.Figure:
+    """QA exact match and bio memorisation at a few points of each phase, over the run's
+    steps (two-stage: the BIO stage, then the QA stage)."""
+    title = TITLES["training_curve"]
+    _need(curve, "no training curve")
+    d = curve.copy()
+    d["measure"] = d["split"].map(lambda s: f"{MEASURES[s][0]}, {MEASURES[s][1]}")
+    cols = [f"{m}, {p}" for m, p in MEASURES.values() if f"{m}, {p}" in set(d["measure"])]
+    g = _by_strategy(d, "line", x="run_step", y="accuracy", col="measure", row="model",
+                     col_order=cols, markers=True, height=2.4, aspect=1.2)  # fmt: skip
+    g.set(ylim=(-0.02, 1.02))
+    g.set_axis_labels("optimizer step (two-stage: BIO stage, then QA stage)", "accuracy")
+    return _finish(g, title)
 
 
 def fig_consistency_vs_step(cons: pd.DataFrame) -> plt.Figure:
@@ -463,6 +484,7 @@ def make_figures(
     sns.set_theme(style=style)
     builders = {
         "accuracy": lambda: fig_accuracy(t["accuracy"]),
+        "training_curve": lambda: fig_training_curve(t["training_curve"]),
         "shared_by_layer_module": lambda: fig_shared_layer_module(t["shared_counts"], k),
         "shared_head_heatmap": lambda: fig_head_heatmap(t["shared_counts"], k),
         "overlap_vs_k": lambda: fig_overlap(t["overlap"]),

@@ -15,8 +15,11 @@ size is recorded). ``scope: global`` ranks the whole population at once; ``scope
 takes the top-k % of each logical tensor separately (free of the orders of magnitude between
 tensors' gradient scales).
 
-**Definitions.** ``trajectory``: Δ = Σ_t lr_t · g_t, the trace kept during training.
+**Definitions.** ``trajectory``: the gradient trace Δ = Σ_t lr_t · c_t · g_t kept during
+training (c_t: the step's clip coefficient; g_t: the task's share of the weighted loss's
+gradient). ``update``: the update the optimizer applied, split by task (``crosstrace.trace``).
 ``endpoint``: the gradient of each task's mean loss at θT (``crosstrace.posthoc``).
+``primary`` (``analysis.primary_definition``) is the one the ablation uses.
 
 **Cells.** Counts are kept per cell: an attention head slice of a tensor (the KV head for
 Llama k/v, with the query heads it serves), an MLP neuron (a row of up/gate, a column of down),
@@ -30,14 +33,14 @@ Outputs of :func:`rank_run` (Parquet, each with the run and the settings in its 
   the whole one for ``global``, the tensor for ``per_tensor``), ``threshold`` and ``n_top``.
 - ``ranking_cells.parquet``: per definition, scope, k and cell: ``n_params``, ``n_bio``,
   ``n_qa``, ``n_shared``.
-- ``ranking_agreement.parquet``: per scope, k and task: how far the trajectory and endpoint
+- ``ranking_agreement.parquet``: per scope, k, task and pair of definitions: how far their
   top-k sets agree (Jaccard), when both definitions are ranked.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -50,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crosstrace.atomic import atomic_file
+from crosstrace.config import topk_size
 from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.outputs import RANKING_FILES
 from crosstrace.param_map import MODULE_CODE, MODULES, NO_HEAD, NO_NEURON, ParamMap, ParamSpec
@@ -57,7 +61,7 @@ from crosstrace.runs import Run
 from crosstrace.tracefile import TASKS, TraceFile, TraceSource
 
 SCOPES = ("global", "per_tensor")
-DEFINITIONS = ("trajectory", "endpoint")
+DEFINITIONS = ("trajectory", "update", "endpoint")
 RANK_PARAMS = ("matrices", "all")
 META_KEY = b"crosstrace"
 FORMAT = "crosstrace-ranking/1"
@@ -72,6 +76,7 @@ class RankSettings:
     rank_params: str = "matrices"
     scopes: tuple[str, ...] = SCOPES
     definitions: tuple[str, ...] = ("trajectory",)
+    primary: str | None = None  # the definition the ablation uses (default: the first)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_percent", tuple(sorted({float(k) for k in self.k_percent})))
@@ -91,6 +96,13 @@ class RankSettings:
                 raise ConfigError(
                     f"analysis.{key}: {unknown or 'empty'}; allowed: {', '.join(allowed)}"
                 )
+        if self.primary is None:
+            object.__setattr__(self, "primary", self.definitions[0])
+        if self.primary not in self.definitions:
+            raise ConfigError(
+                f"analysis.primary_definition: {self.primary!r} is not among analysis.definitions "
+                f"{list(self.definitions)}; add it there"
+            )
         if self.rank_params not in RANK_PARAMS:
             raise ConfigError(
                 f"analysis.rank_params: {self.rank_params!r} is not one of {', '.join(RANK_PARAMS)}"
@@ -98,11 +110,6 @@ class RankSettings:
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-def topk_size(k_percent: float, n: int) -> int:
-    """K = round(k/100 · n), half up: how many elements the top-k % of n holds (before ties)."""
-    return math.floor(float(k_percent) / 100.0 * n + 0.5)
 
 
 def kth_largest(chunks: Callable[[], Iterable[np.ndarray]], ks: Sequence[int]) -> list[float]:
@@ -462,7 +469,7 @@ def rank_traces(
     }
     rank_rows: list[tuple] = []
     cell_chunks: list[pd.DataFrame] = []
-    agree: dict[tuple[str, float, str], list[int]] = {}
+    agree: dict[tuple[str, float, str, str, str], list[int]] = {}
     combos = [(s, k) for s in settings.scopes for k in settings.k_percent]
     for i, t in enumerate(tensors):
         axis, inverse, cell = _cells(t, pmap)
@@ -500,13 +507,13 @@ def rank_traces(
                         }
                     )
                 )
-            if len(settings.definitions) == 2:
+            for d_a, d_b in itertools.combinations(settings.definitions, 2):
                 for task in TASKS:
-                    a, e = members[("trajectory", task)], members[("endpoint", task)]
-                    acc = agree.setdefault((scope, k, task), [0, 0, 0])
+                    a, b = members[(d_a, task)], members[(d_b, task)]
+                    acc = agree.setdefault((scope, k, task, d_a, d_b), [0, 0, 0])
                     acc[0] += int(a.sum())
-                    acc[1] += int(e.sum())
-                    acc[2] += int((a & e).sum())
+                    acc[1] += int(b.sum())
+                    acc[2] += int((a & b).sum())
         del values
     return _tables(rank_rows, cell_chunks, agree)
 
@@ -523,7 +530,7 @@ def _trace_shapes(
     for d in settings.definitions:
         src = traces[d]
         tasks = sorted(getattr(src, "shapes", {}))
-        if tasks != sorted(TASKS):
+        if not set(TASKS) <= set(tasks):
             raise InputDataError(
                 f"{run}: the {d} trace holds tasks {tasks}, expected {list(TASKS)}"
             )
@@ -560,7 +567,7 @@ def _cells(t: RankedTensor, pmap: ParamMap) -> tuple[int | None, np.ndarray, dic
 def _tables(
     rank_rows: list[tuple],
     cell_chunks: list[pd.DataFrame],
-    agree: dict[tuple[str, float, str], list[int]],
+    agree: dict[tuple[str, float, str, str, str], list[int]],
 ) -> dict[str, pd.DataFrame]:
     """The ranking, cells and agreement tables from the rows :func:`rank_traces` gathered."""
     ranking = pd.DataFrame(
@@ -574,9 +581,10 @@ def _tables(
         cells[col] = cells[col].where(cells[col] >= 0).astype("Int32")
     ranking["layer"] = ranking["layer"].astype("Int32")
     agreement = pd.DataFrame(
-        [(s, k, task, a, e, both, both / max(a + e - both, 1))
-         for (s, k, task), (a, e, both) in agree.items()],
-        columns=["scope", "k_percent", "task", "n_trajectory", "n_endpoint", "n_both", "jaccard"],
+        [(s, k, task, d_a, d_b, a, b, both, both / max(a + b - both, 1))
+         for (s, k, task, d_a, d_b), (a, b, both) in agree.items()],
+        columns=["scope", "k_percent", "task", "definition_a", "definition_b", "n_a", "n_b",
+                 "n_both", "jaccard"],
     )  # fmt: skip
     return {"ranking": ranking, "cells": cells, "agreement": agreement}
 

@@ -75,7 +75,10 @@ def optimizer_step(
         clip_coef = float(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
     if tracer is not None:
         tracer.accumulate(order[-1], lr, clip_coef)
+        tracer.before_optimizer_step(optimizer)
     optimizer.step()
+    if tracer is not None:
+        tracer.after_optimizer_step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     sums = distributed.all_sum([float(loss_sum.get(task, 0.0)) for task in order])
     return {task: total / tokens[task] for task, total in zip(order, sums, strict=True)}

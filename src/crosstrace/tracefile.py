@@ -26,6 +26,20 @@ from crosstrace.errors import InputDataError
 
 TASKS = ("bio", "qa")
 FORMAT = "crosstrace-trace/1"
+# The kinds of trace training keeps (crosstrace.trace): the gradient trace in the trace file
+# itself, the update decomposition beside it, with the weight decay as a third "task".
+KINDS = ("gradient", "update")
+UPDATE_TASKS = (*TASKS, "weight_decay")
+
+
+def kind_path(trace_path: str | os.PathLike[str], kind: str) -> Path:
+    """The file of one kind beside a trace file: ``trace.safetensors`` (gradient) and
+    ``trace_update.safetensors`` (update)."""
+    path = Path(trace_path)
+    if kind == "gradient":
+        return path
+    return path.with_name(f"{path.stem}_{kind}{path.suffix}")
+
 
 Trace = dict[str, dict[str, torch.Tensor]]  # {task: {param: tensor}}
 

@@ -26,6 +26,7 @@ from crosstrace.atomic import atomic_file
 from crosstrace.batches import Examples, StepPlan, pack, training_examples
 from crosstrace.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
 from crosstrace.consistency import ConsistencyHook, ConsistencyRecorder, records_every
+from crosstrace.curve import CurveHook, TrainingCurve, record_steps
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.errors import ConfigError, CrosstraceError, Preempted
 from crosstrace.models import (
@@ -41,15 +42,16 @@ from crosstrace.param_map import ParamMap
 from crosstrace.preemption import Preemption
 from crosstrace.probes import build_probes
 from crosstrace.step import optimizer_step
-from crosstrace.trace import GradientTrace
-from crosstrace.tracefile import load_trace, save_trace
+from crosstrace.trace import UPDATE_CHANNELS, GradientTrace
+from crosstrace.tracefile import TASKS, kind_path, load_trace, save_trace
 from crosstrace.training_config import TraceConfig, TrainingConfig
 from crosstrace.world import read_bio, read_qa
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-LOG_COLUMNS = ["phase", "step", "epoch", "lr", "loss_bio", "loss_qa", "tokens", "seconds"]
+LOG_COLUMNS = ["phase", "step", "epoch", "lr", "loss_bio", "loss_qa", "tokens", "tokens_bio",
+               "tokens_qa", "seconds"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class TrainJob:
     consistency: dict[str, int] | None = None  # {"every": steps, "probe_people": n}
     consistency_out: str | None = None
     init_consistency: str | None = None  # rows to continue (the BIO stage's)
+    curve: dict[str, int] | None = None  # {"points": per phase, "people": per split}
+    curve_out: str | None = None
+    init_curve: str | None = None  # rows to continue (the BIO stage's)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +119,9 @@ def train_run(
     consistency: dict[str, int] | None = None,
     consistency_out: PathLike | None = None,
     init_consistency: PathLike | None = None,
+    curve: dict[str, int] | None = None,
+    curve_out: PathLike | None = None,
+    init_curve: PathLike | None = None,
 ) -> dict[str, Any]:
     """Train one phase from ``init_dir`` and write θ_T, its trace and a per-step log.
 
@@ -124,6 +132,8 @@ def train_run(
     ``consistency`` ({"every": steps, "probe_people": n}) records gradient consistency
     (``crosstrace.consistency``) into ``consistency_out``, after the rows of
     ``init_consistency`` (the BIO stage's, for the QA stage of two-stage training).
+    ``curve`` ({"points": n, "people": n}) evaluates memorisation and recall during training
+    (``crosstrace.curve``) into ``curve_out``, after the rows of ``init_curve``.
 
     With ``training.nproc`` > 1 this process launches that many workers
     (:mod:`crosstrace.worker`), each of which trains on its slice of every step; in a worker
@@ -154,6 +164,9 @@ def train_run(
         consistency=consistency,
         consistency_out=text(consistency_out),
         init_consistency=text(init_consistency),
+        curve=curve,
+        curve_out=text(curve_out),
+        init_curve=text(init_curve),
     )
     return run_job(job)
 
@@ -183,7 +196,8 @@ class StepLog:
     steps_per_epoch: int
     rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, step: int, lr: float, losses: dict[str, float], tokens: float, t0: float):
+    def add(self, step: int, lr: float, losses: dict[str, float], tokens: list[float], t0: float):
+        """Step ``step``'s row; ``tokens``: the real tokens of BIO and QA (all ranks)."""
         self.rows.append(
             {
                 "phase": self.phase,
@@ -192,7 +206,9 @@ class StepLog:
                 "lr": lr,
                 "loss_bio": losses.get("bio"),
                 "loss_qa": losses.get("qa"),
-                "tokens": int(tokens),
+                "tokens": int(sum(tokens)),
+                "tokens_bio": int(tokens[0]),
+                "tokens_qa": int(tokens[1]),
                 "seconds": time.perf_counter() - t0,
             }
         )
@@ -222,6 +238,7 @@ class _Phase:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     tracer: GradientTrace | None
     consistency: ConsistencyHook
+    curve: CurveHook
     checkpoints: CheckpointManager
     log: StepLog
 
@@ -232,6 +249,7 @@ class _Phase:
             rng=rng_state(),
             log=self.log.rows,
             consistency=self.consistency.recorder.rows if self.consistency.recorder else None,
+            curve=self.curve.rows,
         )
         self.layout.write_checkpoint(
             self.checkpoints.root,
@@ -255,13 +273,15 @@ class _Phase:
         set_rng_state(state["rng"])
         self.log.rows = state["log"]
         self.consistency.rows = list(state.get("consistency") or [])
+        self.curve.rows = list(state.get("curve") or [])
         log.info("resumed from %s (step %d of %d)", path, state["step"], self.plan.total_steps)
         return int(state["step"])
 
 
 def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
     """Model, data, step plan, optimizer, trace, consistency records and checkpoints."""
-    cfg, amp = job.training, autocast_dtype(dev, job.training.precision)
+    cfg = job.training.for_phase(job.phase)
+    amp = autocast_dtype(dev, cfg.precision)
     torch.manual_seed(job.seed)
     model, tokenizer = load_model(job.init_dir, dev)
     model.train()
@@ -289,28 +309,20 @@ def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
     )
     tracer = None
     if job.trace.enabled and layout.keeps_trace:
-        initial = load_trace(job.init_trace) if job.init_trace else None
         tracer = GradientTrace(
-            model.named_parameters(), offload_cpu=job.trace.offload_cpu, initial=initial
+            model.named_parameters(),
+            offload_cpu=job.trace.offload_cpu,
+            initial=_initial_trace(job),
+            kinds=job.trace.kinds,
         )
-    every, recorder = None, None
-    if job.consistency is not None:
-        if not job.trace.enabled or job.consistency_out is None:
-            raise ConfigError("gradient consistency needs the trace and an output path")
-        every = records_every(int(job.consistency["every"]))  # every rank, before a collective
-    if every is not None and rank.is_main:  # the step's gradients are the same on all ranks
-        # fsdp: the probes need whole weights, so rank 0 keeps an unsharded copy of the model
-        # (one more model's memory on its device), refreshed before each record
-        probe_model = load_model(job.init_dir, dev)[0] if layout.sharded else model
-        n_people = int(job.consistency["probe_people"])
-        recorder = ConsistencyRecorder(
-            probe_model,
-            ParamMap(model.config),
-            probes=build_probes(bio_df, qa_df, tokenizer, n_people, bos),
-            pad_id=tokenizer.pad_token_id,
-            phase=job.phase,
-        )
-    params = tracer.params if tracer is not None else []
+    # fsdp: the probes and the curve need whole weights, so rank 0 keeps an unsharded copy of
+    # the model (one more model's memory on its device), refreshed before each record
+    copy = None
+    if layout.sharded and rank.is_main and (job.consistency or job.curve):
+        copy = load_model(job.init_dir, dev)[0]
+    data_parts = (tokenizer, bio_df, qa_df, bos)
+    consistency = _consistency_hook(job, rank, layout, model, copy, tracer, data_parts)
+    curve = _curve_hook(job, rank, layout, model, copy, plan.total_steps, data_parts)
     checkpoints = CheckpointManager(
         job.checkpoint_root,
         every=cfg.checkpoint_every,
@@ -322,20 +334,57 @@ def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
             seed=job.seed,
             init=str(Path(job.init_dir).resolve()),
             consistency=job.consistency,
+            curve=job.curve,
         ),
         layout=(cfg.distributed, rank.world_size),
     )
     return _Phase(
         job, layout, model, tokenizer, loss_fn, amp, examples, plan, optimizer, scheduler,
-        tracer, ConsistencyHook(recorder, every, layout, model, params), checkpoints,
-        StepLog(job.phase, plan.steps_per_epoch),
+        tracer, consistency, curve, checkpoints, StepLog(job.phase, plan.steps_per_epoch),
     )  # fmt: skip
+
+
+def _consistency_hook(job, rank, layout, model, copy, tracer, data_parts) -> ConsistencyHook:
+    """Gradient-consistency records (``job.consistency``); rank 0 holds the recorder."""
+    tokenizer, bio_df, qa_df, bos = data_parts
+    every, recorder = None, None
+    if job.consistency is not None:
+        if not job.trace.enabled or job.consistency_out is None:
+            raise ConfigError("gradient consistency needs the trace and an output path")
+        every = records_every(int(job.consistency["every"]))  # every rank, before a collective
+    if every is not None and rank.is_main:  # the step's gradients are the same on all ranks
+        n_people = int(job.consistency["probe_people"])
+        recorder = ConsistencyRecorder(
+            copy if copy is not None else model,
+            ParamMap(model.config),
+            probes=build_probes(bio_df, qa_df, tokenizer, n_people, bos),
+            pad_id=tokenizer.pad_token_id,
+            phase=job.phase,
+        )
+    params = tracer.params if tracer is not None else []
+    return ConsistencyHook(recorder, every, layout, model, params)
+
+
+def _curve_hook(job, rank, layout, model, copy, total_steps, data_parts) -> CurveHook:
+    """Memorisation and recall during training (``job.curve``); rank 0 records."""
+    if job.curve is None:
+        return CurveHook(None, None, layout, model)
+    if job.curve_out is None:
+        raise ConfigError("the training curve needs an output path")
+    steps = record_steps(total_steps, int(job.curve["points"]))
+    curve = None
+    if rank.is_main:
+        tokenizer, bio_df, qa_df, bos = data_parts
+        curve = TrainingCurve(tokenizer, bio_df, qa_df, bos, people=int(job.curve["people"]),
+                              points=int(job.curve["points"]), total_steps=total_steps,
+                              phase=job.phase)  # fmt: skip
+    return CurveHook(curve, steps, layout, model, copy)
 
 
 def _train_phase(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> dict[str, Any]:
     """:func:`train_run` on one process: all of it, or rank ``rank``'s part."""
     p = _setup(job, rank, dev)
-    cfg, plan = job.training, p.plan
+    cfg, plan = job.training.for_phase(job.phase), p.plan
     start = p.resume()
     log.info("phase %s: %d steps (%d per epoch), %d parameters, device %s", job.phase,
              plan.total_steps, plan.steps_per_epoch, count_parameters(p.model), dev)  # fmt: skip
@@ -355,6 +404,7 @@ def _train_phase(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> di
                 t0 = time.perf_counter()
                 batches = p.layout.micro_batches(plan, step, p.examples, p.tokenizer.pad_token_id)
                 lr = p.scheduler.get_last_lr()[0]
+                p.curve.maybe_record(step)
                 losses = optimizer_step(
                     p.model, batches, p.optimizer, p.tracer, lr=lr,
                     max_grad_norm=cfg.max_grad_norm, amp=p.amp,
@@ -366,8 +416,8 @@ def _train_phase(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> di
                 p.scheduler.step()
                 done = step + 1
                 # every rank stops at the same step: a signal or the deadline on any stops all
-                tokens, signalled, late = distributed.all_sum(
-                    [real_tokens(batches), *preemption.flags(done, end)]
+                *tokens, signalled, late = distributed.all_sum(
+                    [*(real_tokens(batches, t) for t in TASKS), *preemption.flags(done, end)]
                 )
                 p.log.add(step, lr, losses, tokens, t0)
                 why = preemption.reason(signalled, late, done, plan.total_steps, p.checkpoints.root)
@@ -383,6 +433,7 @@ def _train_phase(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> di
     finally:
         bar.close()
     p.consistency.record_probes(end)  # the final weights
+    p.curve.maybe_record(end)
     return _write_outputs(p, rank, steps=end, resumed_from=start)
 
 
@@ -407,12 +458,32 @@ def _write_outputs(p: _Phase, rank: distributed.Rank, *, steps: int, resumed_fro
         frame = pd.concat([*frames, p.consistency.recorder.frame()], ignore_index=True)
         with atomic_file(job.consistency_out) as tmp:
             frame.to_parquet(tmp, index=False)
+    if p.curve.curve is not None:
+        frames = [pd.read_parquet(job.init_curve)] if job.init_curve else []
+        frame = pd.concat([*frames, p.curve.curve.frame()], ignore_index=True)
+        with atomic_file(job.curve_out) as tmp:
+            frame.to_parquet(tmp, index=False)
     if p.tracer is not None:
-        save_trace(job.trace_out, trace_state, {"phase": job.phase, "steps": str(steps)})
+        meta = {"phase": job.phase, "steps": str(steps)}
+        for kind in job.trace.kinds:
+            state = p.tracer.kind_state(trace_state, kind)
+            save_trace(kind_path(job.trace_out, kind), state, {**meta, "kind": kind})
     p.log.write(job.log_out)
     p.checkpoints.remove()
     distributed.barrier()
     return result
+
+
+def _initial_trace(job: TrainJob) -> dict | None:
+    """The accumulators an earlier phase left (``init_trace`` and, for the update kind, the
+    file beside it), as the trace's channels."""
+    if not job.init_trace:
+        return None
+    initial = load_trace(job.init_trace)
+    if "update" in job.trace.kinds:
+        update = load_trace(kind_path(job.init_trace, "update"))
+        initial |= {channel: update[name] for channel, name in UPDATE_CHANNELS.items()}
+    return initial
 
 
 def _oom_message(model: torch.nn.Module, cfg: TrainingConfig) -> str:

@@ -7,7 +7,7 @@ leaves out from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crosstrace.config import section_defaults
@@ -15,6 +15,7 @@ from crosstrace.devices import PRECISIONS
 from crosstrace.distributed import DistributedConfig
 from crosstrace.errors import ConfigError
 from crosstrace.optim import OPTIMIZERS
+from crosstrace.tracefile import KINDS
 
 # Keys that change how a run is computed, not what it computes: left out of the checkpoint
 # fingerprint (resuming checks them on their own) and, at their defaults, out of the
@@ -42,7 +43,10 @@ PHASE_KEYS = {
     "qa": ("qa_epochs",),
     "mix": ("mix_epochs", "qa_ratio", "qa_loss_weight"),
 }
-TRACE_KEYS = ("enabled", "offload_cpu")  # what training reads of ``trace:``
+# keys a phase may set for itself (training.phase_overrides.<phase>)
+OVERRIDABLE = ("lr", "min_lr_ratio", "warmup_ratio", "weight_decay", "max_grad_norm",
+               "batch_size", "grad_accum")  # fmt: skip
+TRACE_KEYS = ("enabled", "offload_cpu", "kinds")  # what training reads of ``trace:``
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class TrainingConfig:
     distributed: str  # none | ddp | fsdp (crosstrace.distributed)
     nproc: int  # training processes per node
     precision: str  # auto | fp32 | bf16 (crosstrace.devices.resolve_precision)
+    # per phase (bio | qa | mix): values of OVERRIDABLE keys that replace the common ones
+    phase_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     LAYOUT = tuple(LAYOUT)
 
@@ -100,6 +106,17 @@ class TrainingConfig:
     def parallel(self) -> DistributedConfig:
         return DistributedConfig(self.distributed, self.nproc)
 
+    def for_phase(self, phase: str) -> TrainingConfig:
+        """The settings one phase trains with: ``phase_overrides[phase]`` over the rest."""
+        overrides = (self.phase_overrides or {}).get(phase) or {}
+        bad = sorted(set(overrides) - set(OVERRIDABLE))
+        if bad:
+            raise ConfigError(
+                f"training.phase_overrides.{phase}: {bad} cannot be set per phase; "
+                f"allowed: {', '.join(OVERRIDABLE)}"
+            )
+        return replace(self, **overrides, phase_overrides={})
+
     def epochs(self, phase: str) -> int:
         return {"bio": self.bio_epochs, "qa": self.qa_epochs, "mix": self.mix_epochs}[phase]
 
@@ -114,17 +131,26 @@ class TraceConfig:
 
     enabled: bool
     offload_cpu: bool
+    kinds: tuple[str, ...] = ("gradient",)
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TraceConfig:
         merged = {**section_defaults("trace"), **cfg}
-        return cls(enabled=bool(merged["enabled"]), offload_cpu=bool(merged["offload_cpu"]))
+        kinds = tuple(merged["kinds"])
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown or "gradient" not in kinds:
+            raise ConfigError(f"trace.kinds: {list(kinds)}; allowed: gradient (always), update")
+        return cls(
+            enabled=bool(merged["enabled"]), offload_cpu=bool(merged["offload_cpu"]), kinds=kinds
+        )
 
 
 def phase_training(training: dict[str, Any], phase: str) -> dict[str, Any]:
-    """The ``training`` keys one phase depends on, with the layout where it is not the
-    default (the workflow passes exactly these, so Snakemake reruns only what changed)."""
-    params = {k: training[k] for k in (*COMMON_KEYS, *PHASE_KEYS[phase])}
+    """The ``training`` keys one phase depends on, its ``phase_overrides`` applied, with the
+    layout where it is not the default (the workflow passes exactly these, so Snakemake reruns
+    only what changed)."""
+    merged = {**training, **(training.get("phase_overrides") or {}).get(phase, {})}
+    params = {k: merged[k] for k in (*COMMON_KEYS, *PHASE_KEYS[phase])}
     layout = {k: training[k] for k in LAYOUT}
     if layout != LAYOUT:
         params.update(layout)

@@ -12,7 +12,7 @@ settings = RankSettings(**snakemake.params.settings)
 ablate_run(
     snakemake.input.model,
     snakemake.input.base,
-    {d: snakemake.input[d] for d in settings.definitions},
+    {d: snakemake.input[f"trace_{d}"] for d in settings.definitions},
     snakemake.input.ranking,
     snakemake.input.qa,
     snakemake.output.ablation,
@@ -23,4 +23,5 @@ ablate_run(
     questions_per_split=snakemake.params.questions_per_split,
     batch_size=snakemake.params.batch_size,
     device=snakemake.params.device,
+    update_trace=snakemake.input.get("update_trace"),
 )

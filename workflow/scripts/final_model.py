@@ -15,7 +15,7 @@ settings = RankSettings(**snakemake.params.settings)
 analyse_final_model(
     snakemake.input.model,
     os.path.dirname(snakemake.input.bio),
-    {d: snakemake.input[d] for d in settings.definitions},
+    {d: snakemake.input[f"trace_{d}"] for d in settings.definitions},
     snakemake.input.ranking,
     {name: snakemake.output[name] for name in FINAL_OUTPUTS},
     run=Run(**snakemake.params.run),

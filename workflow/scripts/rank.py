@@ -9,7 +9,7 @@ from crosstrace.runs import Run  # noqa: E402
 
 settings = RankSettings(**snakemake.params.settings)
 rank_run(
-    {d: snakemake.input[d] for d in settings.definitions},
+    {d: snakemake.input[f"trace_{d}"] for d in settings.definitions},
     snakemake.input.model,
     {what: snakemake.output[what] for what in OUTPUTS},
     run=Run(**snakemake.params.run),

@@ -23,5 +23,8 @@ train_run(
     consistency=snakemake.params.consistency,
     consistency_out=snakemake.params.consistency_out,
     init_consistency=snakemake.params.init_consistency,
+    curve=snakemake.params.curve,
+    curve_out=snakemake.params.curve_out,
+    init_curve=snakemake.params.init_curve,
     progress=True,  # tqdm to the log: steps done, rate, losses
 )

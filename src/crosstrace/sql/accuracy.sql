@@ -8,7 +8,7 @@ SELECT $model, $strategy, $seed, split, coalesce(attribute, 'all') AS attribute,
        avg(exact_match::INTEGER::DOUBLE) AS accuracy,
        sum(first_token_correct::INTEGER) AS first_token_correct,
        avg(first_token_correct::INTEGER::DOUBLE) AS first_token_accuracy,
-       min(precision) AS precision
+       min(precision) AS precision, $checkpoint AS checkpoint
 FROM predictions_in
 GROUP BY GROUPING SETS ((split, attribute), (split))
 ORDER BY split, attribute;

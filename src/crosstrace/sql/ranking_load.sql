@@ -9,6 +9,6 @@ SELECT $model, $strategy, $seed, definition, scope, k_percent, param, layer, mod
        neuron, query_heads, n_params, n_bio, n_qa, n_shared
 FROM read_parquet($cells);
 INSERT INTO definition_agreement
-SELECT $model, $strategy, $seed, scope, k_percent, task, n_trajectory, n_endpoint, n_both,
-       jaccard
+SELECT $model, $strategy, $seed, scope, k_percent, task, definition_a, definition_b, n_a, n_b,
+       n_both, jaccard
 FROM read_parquet($agreement);

@@ -20,17 +20,28 @@ CREATE TABLE shared_counts (
 );
 CREATE TABLE definition_agreement (
     model VARCHAR, strategy VARCHAR, seed BIGINT, scope VARCHAR, k_percent DOUBLE,
-    task VARCHAR, n_trajectory BIGINT, n_endpoint BIGINT, n_both BIGINT, jaccard DOUBLE
+    task VARCHAR, definition_a VARCHAR, definition_b VARCHAR, n_a BIGINT, n_b BIGINT,
+    n_both BIGINT, jaccard DOUBLE
 );
 CREATE TABLE accuracy (
     model VARCHAR, strategy VARCHAR, seed BIGINT, split VARCHAR, attribute VARCHAR,
     n BIGINT, correct BIGINT, accuracy DOUBLE, first_token_correct BIGINT,
-    first_token_accuracy DOUBLE, precision VARCHAR
+    first_token_accuracy DOUBLE, precision VARCHAR, checkpoint VARCHAR
+);
+-- optimizer steps and tokens per run and phase (from each phase's train_log.parquet)
+CREATE TABLE training_compute (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, phase VARCHAR, steps BIGINT,
+    tokens_bio BIGINT, tokens_qa BIGINT, seconds DOUBLE
+);
+-- memorisation and recall during training (results/runs/…/training_curve.parquet)
+CREATE TABLE training_curve_raw (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, phase VARCHAR, step BIGINT, split VARCHAR,
+    n BIGINT, accuracy DOUBLE
 );
 CREATE TABLE ablation_draws (
     model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
-    k_percent DOUBLE, condition VARCHAR, draw BIGINT, n_target BIGINT, n_reset BIGINT,
-    split VARCHAR, n BIGINT, accuracy DOUBLE
+    k_percent DOUBLE, condition VARCHAR, draw BIGINT, counterfactual VARCHAR, n_target BIGINT,
+    n_reset BIGINT, split VARCHAR, n BIGINT, accuracy DOUBLE
 );
 -- gradient consistency during training (results/runs/…/consistency.parquet): per record step,
 -- source (step | probe_id | probe_ood) and tensor slice: dot product and squared norms
@@ -52,3 +63,8 @@ CREATE TABLE token_dependence (
     model VARCHAR, strategy VARCHAR, seed BIGINT, person_id INTEGER, attribute VARCHAR,
     position INTEGER, token_class VARCHAR, token VARCHAR, logp DOUBLE, delta DOUBLE
 );
+-- the settings of the analysis (analysis.primary_definition: the one the ablation and the
+-- headline use), from the rank settings stored in crosstrace_meta
+CREATE VIEW analysis_settings AS
+SELECT json_extract_string(value, '$.primary') AS primary_definition
+FROM crosstrace_meta WHERE key = 'rank_settings';

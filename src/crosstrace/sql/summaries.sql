@@ -9,11 +9,17 @@ CREATE MACRO t975(df) AS
          WHEN df <= 60 THEN 2.042 WHEN df > 60 THEN 2.0 END;
 CREATE MACRO ci_half(sd, n) AS CASE WHEN n > 1 THEN t975(n - 1) * sd / sqrt(n) END;
 CREATE TABLE accuracy_summary AS
-SELECT model, strategy, split, attribute, count(*) AS n_seeds,
+SELECT model, strategy, checkpoint, split, attribute, count(*) AS n_seeds,
        avg(accuracy) AS accuracy, avg(accuracy) - ci_half(stddev_samp(accuracy), count(*))
            AS ci_low, avg(accuracy) + ci_half(stddev_samp(accuracy), count(*)) AS ci_high,
        string_agg(DISTINCT precision, ',' ORDER BY precision) AS precision
-FROM accuracy GROUP BY model, strategy, split, attribute ORDER BY ALL;
+FROM accuracy GROUP BY model, strategy, checkpoint, split, attribute ORDER BY ALL;
+CREATE TABLE training_curve_summary AS
+SELECT model, strategy, phase, step, run_step, split, count(*) AS n_seeds,
+       avg(fraction) AS fraction, avg(accuracy) AS accuracy,
+       avg(accuracy) - ci_half(stddev_samp(accuracy), count(*)) AS ci_low,
+       avg(accuracy) + ci_half(stddev_samp(accuracy), count(*)) AS ci_high
+FROM training_curve GROUP BY ALL ORDER BY ALL;
 CREATE TABLE overlap_summary AS
 SELECT model, strategy, definition, scope, k_percent, count(*) AS n_seeds,
        avg(n_shared) AS n_shared, avg(expected_shared) AS expected_shared,
@@ -29,8 +35,8 @@ SELECT model, strategy, definition, scope, k_percent, unit, "set", count(*) AS n
        avg(top10_share) AS top10_share, avg(entropy_norm) AS entropy_norm
 FROM concentration GROUP BY ALL ORDER BY ALL;
 CREATE TABLE ablation_summary AS
-SELECT model, strategy, definition, scope, k_percent, condition, split, count(*) AS n_seeds,
-       avg(accuracy_drop) AS accuracy_drop,
+SELECT model, strategy, definition, scope, k_percent, condition, counterfactual, split,
+       count(*) AS n_seeds, avg(accuracy_drop) AS accuracy_drop,
        avg(accuracy_drop) - ci_half(stddev_samp(accuracy_drop), count(*)) AS ci_low,
        avg(accuracy_drop) + ci_half(stddev_samp(accuracy_drop), count(*)) AS ci_high,
        avg(accuracy) AS accuracy

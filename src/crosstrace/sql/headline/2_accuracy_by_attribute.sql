@@ -3,7 +3,7 @@ WITH cell AS (
     SELECT model, strategy, n_seeds AS seeds, attribute,
            interval_text(accuracy, ci_low, ci_high, 2) AS text
     FROM accuracy_summary
-    WHERE split = 'ood' AND attribute <> 'all'
+    WHERE split = 'ood' AND attribute <> 'all' AND checkpoint = 'final'
 )
 PIVOT cell
 ON attribute IN ('birth_date', 'birth_city', 'university', 'major', 'employer', 'employer_city')

@@ -8,7 +8,8 @@ WITH per_seed AS (
            max(accuracy_drop) FILTER (WHERE condition = 'qa_only') AS qa_only,
            max(n_target) FILTER (WHERE condition = 'shared') AS n_shared
     FROM ablation
-    WHERE scope = 'global' AND definition = (SELECT min(definition) FROM ablation)
+    WHERE scope = 'global' AND counterfactual IN ('none', 'reset')
+      AND definition = (SELECT primary_definition FROM analysis_settings)
     GROUP BY ALL
 )
 SELECT model, strategy, k_percent AS k, split, count(*) AS seeds,
