@@ -1,12 +1,12 @@
 rule ablate:
     """Reset the shared top-k parameters to θ0 and re-evaluate, beside matched controls."""
     input:
+        unpack(world_files),
         unpack(rank_traces),
         unpack(update_trace_input),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
         base=res("models/{model}/seed{seed}/base"),
         ranking=run_file(RANKING_FILES["ranking"]),
-        qa=DATA["qa"],
     output:
         ablation=run_file(ABLATION_FILE),
     log:
@@ -18,7 +18,7 @@ rule ablate:
     threads: job_threads("ablate")
     resources:
         runtime=job_runtime("ablate"),
-        mem_mb=job_mem_mb("ablate"),
+        mem_mb=input_mem_mb("ablate", 0.6),
         gpu=1,
     params:
         run=lambda wc: {

@@ -12,7 +12,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from crosstrace.cluster import slurm_problem
-from crosstrace.config import validated
+from crosstrace.config import primary_k, validated
 from crosstrace.errors import ConfigError
 from crosstrace.outputs import (
     ABLATION_FILE,
@@ -133,6 +133,17 @@ def job_runtime(rule):
     return lambda wildcards, attempt: config["resources"][rule]["runtime"] * attempt
 
 
+def input_mem_mb(rule, per_input_mb):
+    """Memory (MB) for a job that reads a run's traces: the config's value, or more where the
+    inputs are large (per_input_mb MB per MB of input, measured on a 1B-parameter trace:
+    docs/performance.md), times the attempt."""
+    base = config["resources"][rule]["mem_mb"]
+    return (
+        lambda wc, input, attempt: max(base, int(1000 + per_input_mb * input.size_mb))
+        * attempt
+    )
+
+
 def job_threads(rule):
     """Threads of a job of `rule` (config `resources`; 1 when not set)."""
     return config["resources"][rule].get("threads", 1)
@@ -153,11 +164,31 @@ def model_config(wildcards):
 
 # ---- input functions -------------------------------------------------------------------
 
-DATA = {
-    "bio": res("data/bio.parquet"),
-    "qa": res("data/qa.parquet"),
-    "people": res("data/people.parquet"),
-}
+
+def world_dir(seed):
+    """The world a run of `seed` trains on: results/data for seed 0 (or every seed, with
+    world.vary_with_seed false), results/data/seed{seed} otherwise."""
+    if int(seed) == 0 or not config["world"]["vary_with_seed"]:
+        return res("data")
+    return res(f"data/seed{seed}")
+
+
+def world_files(wildcards):
+    """bio, qa and people of the world of the run's seed."""
+    folder = world_dir(wildcards.seed)
+    return {
+        name: os.path.join(folder, f"{name}.parquet")
+        for name in ("bio", "qa", "people")
+    }
+
+
+def world_params(wildcards):
+    """The world section for the world of `seed` (its world seed shifted by the run's)."""
+    seed = int(wildcards.seed) if config["world"]["vary_with_seed"] else 0
+    return {**config["world"], "seed": config["world"]["seed"] + seed}
+
+
+DATA = {name: res(f"data/{name}.parquet") for name in ("bio", "qa", "people")}
 
 
 def run_dir(model, strategy, seed):
@@ -252,7 +283,9 @@ def train_logs(model, strategy, seed):
     """Every phase's per-step log of a run (two-stage: the BIO stage's, then the QA stage's)."""
     logs = [os.path.join(run_dir(model, strategy, seed), TRAIN_LOG_FILE)]
     if strategy == "stage":
-        logs.insert(0, os.path.join(res(f"runs/{model}/stage/seed{seed}/bio"), TRAIN_LOG_FILE))
+        logs.insert(
+            0, os.path.join(res(f"runs/{model}/stage/seed{seed}/bio"), TRAIN_LOG_FILE)
+        )
     return logs
 
 

@@ -28,5 +28,6 @@ rule aggregate:
         runs=lambda wc: [run_files(*run) for run in all_runs()],
         settings=rank_settings(),
         memory_limit=config["analysis"]["duckdb_memory_limit"],
+        primary_k=primary_k(config["analysis"]),
     script:
         "../workflow/scripts/database.py"

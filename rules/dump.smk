@@ -19,7 +19,7 @@ rule dump_trace:
         "../envs/crosstrace.yaml"
     resources:
         runtime=job_runtime("dump_trace"),
-        mem_mb=job_mem_mb("dump_trace"),
+        mem_mb=input_mem_mb("dump_trace", 0.1),
     params:
         trace_root=lambda wc, output: trace_root_of(output.parts),
         run=lambda wc: {

@@ -2,9 +2,8 @@ rule evaluate:
     """Exact-match QA accuracy of θT on trained (id) and held-out (ood) people, and the
     first attribute token after its bio prefix (bio_id / bio_ood: memorisation)."""
     input:
+        unpack(world_files),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
-        qa=DATA["qa"],
-        bio=DATA["bio"],
     output:
         predictions=run_file(PREDICTIONS_FILE),
     log:
@@ -30,9 +29,8 @@ rule evaluate_bio_end:
     """The same evaluation of θ_BIO, the end of two-stage training's BIO stage: how well its
     bios are memorised before any QA training (and its QA accuracy, near 0)."""
     input:
+        unpack(world_files),
         model=res("runs/{model}/stage/seed{seed}/bio"),
-        qa=DATA["qa"],
-        bio=DATA["bio"],
     output:
         predictions=res(f"runs/{{model}}/stage/seed{{seed}}/{BIO_END_PREDICTIONS_FILE}"),
     log:

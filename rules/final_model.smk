@@ -4,7 +4,7 @@ rule consistency:
     """
     input:
         unpack(rank_traces),
-        **DATA,
+        unpack(world_files),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
         ranking=run_file(RANKING_FILES["ranking"]),
     output:
@@ -18,7 +18,7 @@ rule consistency:
     threads: job_threads("consistency")
     resources:
         runtime=job_runtime("consistency"),
-        mem_mb=job_mem_mb("consistency"),
+        mem_mb=input_mem_mb("consistency", 0.5),
         gpu=1,
     params:
         run=lambda wc: {

@@ -2,7 +2,7 @@ rule base_model:
     """θ0 of one model and seed: a tiny model with its word-level tokenizer (random init from
     the seed), or a saved copy of a pretrained one."""
     input:
-        **DATA,
+        unpack(world_files),
     output:
         model=directory(res("models/{model}/seed{seed}/base")),
     log:

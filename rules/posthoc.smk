@@ -1,7 +1,7 @@
 rule endpoint_trace:
     """The endpoint definition of Δ: each task's mean-loss gradient at θT (no trajectory)."""
     input:
-        **DATA,
+        unpack(world_files),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
         trace=run_file(TRACE_FILES["endpoint"]),

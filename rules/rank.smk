@@ -13,7 +13,7 @@ rule rank:
         "../envs/crosstrace.yaml"
     resources:
         runtime=job_runtime("rank"),
-        mem_mb=job_mem_mb("rank"),
+        mem_mb=input_mem_mb("rank", 0.25),
     params:
         run=lambda wc: {
             "model": wc.model,

@@ -9,7 +9,7 @@
 rule train_bio:
     """The BIO stage of two-stage training; shared by every `stage` run of a model and seed."""
     input:
-        **DATA,
+        unpack(world_files),
         init=res("models/{model}/seed{seed}/base"),
     output:
         # An HF model folder that also holds the trace files, train_log.parquet, the
@@ -51,12 +51,12 @@ rule train_bio:
 rule train:
     """stage: QA on the BIO checkpoint, continuing its trace; mix: BIO and QA together from θ0."""
     input:
-        **DATA,
+        unpack(world_files),
         init=train_init,
     output:
+        **update_trace_output(),
         model=directory(res("runs/{model}/{strategy}/seed{seed}/final")),
         trace=run_file(TRACE_FILES["trajectory"]),
-        **update_trace_output(),
         train_log=run_file(TRAIN_LOG_FILE),
         consistency=run_file(TRAINING_CONSISTENCY_FILE),
         curve=run_file(TRAINING_CURVE_FILE),

@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 # precision: auto means fp32 on every CPU here, also in the runs the tests start as processes, so
 # the tests' float tolerances hold on CPUs with native bf16 too (bf16 is tested explicitly).
 os.environ["CROSSTRACE_CPU_BF16"] = "0"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each
+    import torch
+
+    torch.set_num_threads(1)
 # What a workflow run needs; results/, .snakemake/ and .git stay behind.
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "config", "rules", "workflow", "envs", "profiles"]
 
@@ -60,3 +64,15 @@ def ci_run(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-5000:]
     print(f"\nlocal CI-config run: {seconds:.0f} s")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, the default): the tests of one module run
+    in one worker, so its module fixtures (trained runs) are built once; the modules that use
+    the CI study (``ci_run``) share one worker, so the study runs once per test session."""
+    import pytest
+
+    for item in items:
+        uses_study = "ci_run" in getattr(item, "fixturenames", ())
+        group = "ci_study" if uses_study or item.module.__name__ == "test_slurm" else None
+        item.add_marker(pytest.mark.xdist_group(group or item.module.__name__))

@@ -22,8 +22,8 @@ LAYERS = {
     "model, loss and the step": ["models", "loss", "trace", "scoring", "step", "parallel"],
     "analysis": ["probes", "consistency", "representation", "rank"],
     "stages": [
-        "train", "curve", "posthoc", "evaluate", "dump", "ablate", "final_model", "database",
-        "headline", "plots", "report",
+        "train", "curve", "contrasts", "posthoc", "evaluate", "dump", "ablate", "final_model",
+        "database", "headline", "plots", "report",
     ],
     "entry points": ["worker", "cli"],
 }  # fmt: skip

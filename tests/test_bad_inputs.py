@@ -29,7 +29,7 @@ from crosstrace.world import read_bio, read_qa, synthesize_world
 
 # Bad inputs this module tries (one per case below; the schema cases of test_workflow.py
 # come on top). Kept in step by test_bad_input_count.
-N_BAD_INPUTS = 29
+N_BAD_INPUTS = 31
 
 WORLD = {
     "seed": 0,
@@ -436,6 +436,39 @@ def test_sql_database_not_found_says_where_it_looked(capsys, monkeypatch, tmp_pa
         hint,
     )
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_model_on_another_world_is_refused(base: Path, tmp_path: Path) -> None:
+    """θ0 records its world's fingerprint; evaluation, post-hoc traces and training on the data
+    of another world stop with one line naming both, before anything is written."""
+    from crosstrace.evaluate import evaluate_run
+    from crosstrace.posthoc import posthoc_trace
+
+    tried("model on another world")
+    other = tmp_path / "other"
+    synthesize_world({**WORLD, "seed": 5}, other / "bio.parquet", other / "qa.parquet",
+                     other / "people.parquet")  # fmt: skip
+    out = tmp_path / "out"
+    with pytest.raises(InputDataError, match=r"belongs to world \w+, but .*qa.parquet is world"):
+        evaluate_run(base / "base", other / "qa.parquet", out / "predictions.parquet")
+    with pytest.raises(InputDataError, match="belongs to world"):
+        posthoc_trace(base / "base", other, out / "endpoint.safetensors", progress=False)
+    with pytest.raises(InputDataError, match="belongs to world"):
+        train_run(base / "base", out / "final", out / "t.safetensors", out / "l.parquet",
+                  phase="mix", data_dir=other, training=TRAINING, progress=False)  # fmt: skip
+    assert not out.exists()
+    # its own world passes the check
+    evaluate_run(base / "base", base / "data" / "qa.parquet", out / "predictions.parquet")
+
+
+def test_words_the_tokenizer_does_not_know_are_refused(base: Path) -> None:
+    from crosstrace.batches import tokenize_qa
+    from crosstrace.models import load_model
+
+    tried("unknown words")
+    _, tokenizer = load_model(base / "base")
+    with pytest.raises(InputDataError, match="does not know"):
+        tokenize_qa(["What is the birth city of Zyxwvut Qqq?"], ["Nowhere"], tokenizer, None)
 
 
 def test_bad_input_count():

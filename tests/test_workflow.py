@@ -21,7 +21,15 @@ from packaging.version import Version
 
 from crosstrace.outputs import FIGURES
 
-GPU_RULES = {"train_bio", "train", "evaluate", "ablate", "endpoint_trace", "consistency"}
+GPU_RULES = {
+    "train_bio",
+    "train",
+    "evaluate",
+    "evaluate_bio_end",
+    "ablate",
+    "endpoint_trace",
+    "consistency",
+}
 TRAINING_RULES = {"train_bio", "train"}
 
 
@@ -235,6 +243,7 @@ def test_default_dry_run_lists_the_study(scratch):
         synthesize=1,
         base_model=2,
         train_bio=2,
+        evaluate_bio_end=2,
         train=runs,
         evaluate=runs,
         dump_trace=runs,
@@ -344,8 +353,10 @@ def test_adding_a_seed_adds_only_the_new_runs(ci_run, tmp_path):
     overlay.write_text("seeds: [0, 1]\n")
     new_runs = 2 * 2  # models x strategies, for seed 1 only
     assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(
+        synthesize_seed=1,  # seed 1's own world (world.vary_with_seed)
         base_model=2,  # θ0 is per model and seed
         train_bio=2,
+        evaluate_bio_end=2,
         train=new_runs,
         evaluate=new_runs,
         dump_trace=new_runs,
@@ -369,6 +380,7 @@ def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
     assert dry_run(ci_run, "config/ci.yaml", str(overlay)) == Counter(
         base_model=1,
         train_bio=1,
+        evaluate_bio_end=1,
         train=2,
         evaluate=2,
         dump_trace=2,
@@ -537,7 +549,8 @@ def test_profile_slurm_dry_run_from_the_repo_root(scratch):
     assert "Job stats" in proc.stdout
 
 
-SLURM_COMMANDS = ("sbatch", "squeue", "sacct")
+# every SLURM client command (the SLURM plugin looks for sinfo when it is imported)
+SLURM_COMMANDS = ("sbatch", "squeue", "sacct", "sinfo", "scontrol", "srun", "scancel", "salloc")
 
 
 def path_without_slurm(tmp_path: Path) -> str:

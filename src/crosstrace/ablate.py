@@ -89,7 +89,18 @@ def reset_parameters(model: torch.nn.Module, base: dict[str, torch.Tensor], mask
 
 COUNTERFACTUALS = ("reset", "remove_bio", "remove_qa")
 COLUMNS = ["definition", "scope", "k_percent", "condition", "draw", "counterfactual", "n_target",
-           "n_reset", "split", "n", "accuracy"]  # fmt: skip
+           "n_reset", "shift_norm", "split", "n", "accuracy"]  # fmt: skip
+
+
+def _removes(condition: str, draw: int, scope: str) -> bool:
+    """Whether a set also gets the removal counterfactuals: the shared set and the first draw
+    of the random and magnitude-matched controls, in the global scope."""
+    return scope == "global" and draw == 0 and condition in ("shared", "random", "magnitude")
+
+
+def _shift_norm(shift: dict[str, np.ndarray], masks: Masks) -> float:
+    """‖θT − θ0‖ over the elements of a set: how far training moved what is reset."""
+    return float(np.sqrt(sum(float(np.square(shift[n][m]).sum()) for n, m in masks.items())))
 
 
 class _Scorer:
@@ -97,11 +108,12 @@ class _Scorer:
 
     def __init__(self, model_dir, qa_path, *, questions_per_split, seed, batch_size, device):
         from crosstrace.devices import resolve_device
-        from crosstrace.models import bos_id, load_model
+        from crosstrace.models import bos_id, check_world, load_model
         from crosstrace.scoring import qa_examples
         from crosstrace.world import read_qa
 
         self.net, tokenizer = load_model(model_dir, resolve_device(device))
+        check_world(self.net, qa_path, f"the model folder {model_dir}")
         self.final = {n: p.detach().cpu().clone() for n, p in self.net.named_parameters()}
         qa = read_qa(qa_path)
         qa = qa.iloc[question_sample(qa, questions_per_split, seed)].reset_index(drop=True)
@@ -175,7 +187,8 @@ def ablate_run(
     source = TraceFile(traces[definition], what=f"{run} {definition} trace")
     if not set(TASKS) <= set(source.shapes):
         raise InputDataError(f"{run}: the {definition} trace lacks a task")
-    population = Population.of(pmap, shapes, settings)
+    shift = {n: (scorer.final[n] - targets["reset"][n]).numpy() for n in scorer.final}
+    population = Population.of(pmap, shapes, settings, shift=shift)
     theta_t, rows = scorer.accuracy(), []
     for scope in settings.scopes:
         for k in settings.k_percent:
@@ -187,15 +200,16 @@ def ablate_run(
             n_target = sum(int(m.sum()) for m in sets[("shared", 0)].values())
             for (condition, draw), masks in sets.items():
                 if condition == "none":  # θT itself, scored once, a row per set for pairing
-                    rows += [(definition, scope, k, condition, draw, "none", n_target, 0, *r)
-                             for r in theta_t]  # fmt: skip
+                    rows += [(definition, scope, k, condition, draw, "none", n_target, 0, 0.0,
+                              *r) for r in theta_t]  # fmt: skip
                     continue
                 for counterfactual, values in targets.items():
-                    if counterfactual != "reset" and draw > 0:
+                    if counterfactual != "reset" and not _removes(condition, draw, scope):
                         continue
                     n_reset, result = scorer.with_values(values, masks)
+                    moved = _shift_norm(shift, masks)
                     rows += [(definition, scope, k, condition, draw, counterfactual, n_target,
-                              n_reset, *r) for r in result]  # fmt: skip
+                              n_reset, moved, *r) for r in result]  # fmt: skip
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.insert(0, "seed", int(run.seed))
     df.insert(0, "strategy", run.strategy)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from crosstrace.errors import ConfigError
+from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.runs import PHASES
 from crosstrace.world import qa_prompt, qa_target
 
@@ -50,6 +50,21 @@ class Examples:
         return np.array([int((lab[1:] != IGNORE).sum()) for lab in self.labels], dtype=np.int64)
 
 
+def _no_unknown(encoded: list[list[int]], texts: list[str], tokenizer) -> None:
+    """Refuse text the tokenizer does not know: with a word-level vocabulary an unknown word
+    means data of another world than the one the model's vocabulary was built from."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    for ids, text in zip(encoded, texts, strict=True):
+        if unk in ids:
+            word = tokenizer.convert_ids_to_tokens(unk)
+            raise InputDataError(
+                f"{text!r} has words the model's tokenizer does not know (read as {word}): "
+                "the data is of another world than the one the model was built for"
+            )
+
+
 def tokenize_bio(
     texts: list[str], tokenizer: PreTrainedTokenizerBase, bos_id: int | None = None
 ) -> Examples:
@@ -58,6 +73,7 @@ def tokenize_bio(
     With ``bos_id`` each sequence starts with it; the BOS itself is never a target.
     """
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    _no_unknown(encoded, texts, tokenizer)
     eos = tokenizer.eos_token_id
     start = [] if bos_id is None else [bos_id]
     ids = [np.asarray([*start, *seq, eos], dtype=np.int64) for seq in encoded]
@@ -78,6 +94,8 @@ def tokenize_qa(
     """QA examples: loss on the answer tokens (and the closing EOS) only."""
     prompts = tokenizer([qa_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
     targets = tokenizer([qa_target(a) for a in answers], add_special_tokens=False)["input_ids"]
+    _no_unknown(prompts, questions, tokenizer)
+    _no_unknown(targets, answers, tokenizer)
     eos = tokenizer.eos_token_id
     start = [] if bos_id is None else [bos_id]
     ids, labels = [], []

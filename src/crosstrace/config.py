@@ -177,12 +177,25 @@ def _k_problems(name: str, tiny: dict[str, Any], analysis: dict[str, Any]) -> li
     return lines
 
 
+def primary_k(analysis: dict[str, Any]) -> float:
+    """``analysis.primary_k``, or the middle of ``k_percent`` when it is null."""
+    if analysis.get("primary_k") is not None:
+        return float(analysis["primary_k"])
+    ks = sorted(float(k) for k in analysis["k_percent"])
+    return ks[len(ks) // 2]
+
+
 def _definition_problems(cfg: dict[str, Any]) -> list[str]:
     """The ranked definitions against the trace kinds kept, and the primary one."""
     analysis, lines = cfg["analysis"], []
     if "update" in analysis["definitions"] and "update" not in cfg["trace"]["kinds"]:
         lines.append(
             "  config key 'analysis.definitions': update needs trace.kinds to include update"
+        )
+    if primary_k(analysis) not in {float(k) for k in analysis["k_percent"]}:
+        lines.append(
+            f"  config key 'analysis.primary_k': {analysis['primary_k']} is not among "
+            f"analysis.k_percent {analysis['k_percent']}"
         )
     if analysis["primary_definition"] not in analysis["definitions"]:
         lines.append(

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crosstrace.atomic import atomic_file
+from crosstrace.contrasts import build_contrasts
 from crosstrace.dump import read_dump_metadata
 from crosstrace.errors import InputDataError
 from crosstrace.outputs import CONSISTENCY_FILES as CONSISTENCY_OUTPUTS
@@ -178,8 +179,11 @@ def _load_run(con: duckdb.DuckDBPyConnection, files: RunFiles) -> None:
             _run(con, "accuracy", {**params, "checkpoint": checkpoint})
             con.unregister("predictions_in")
     if files.ablation is not None:  # older files: every set was reset to θ0
-        counterfactual = {"counterfactual": lambda n: pa.array(["reset"] * n)}
-        con.register("ablation_in", _with_columns(files.ablation, counterfactual))
+        older = {
+            "counterfactual": lambda n: pa.array(["reset"] * n),
+            "shift_norm": lambda n: pa.nulls(n, pa.float64()),
+        }
+        con.register("ablation_in", _with_columns(files.ablation, older))
         _run(con, "ablation_load")
         con.unregister("ablation_in")
     for path in files.train_logs:
@@ -204,6 +208,7 @@ def build_database(
     settings: RankSettings,
     memory_limit: str = "2GB",
     threads: int | None = None,
+    primary_k: float = 1.0,
 ) -> Path:
     """Create ``db_path`` (atomically) and export its tables to ``tables_dir``.
 
@@ -239,6 +244,7 @@ def build_database(
                     ],
                     ["format", "crosstrace-db/2"],
                     ["rank_settings", json.dumps(settings.to_json())],
+                    ["primary_k", str(float(primary_k))],
                 ],
             )
             _load_dump_metadata(con, trace_root)
@@ -246,8 +252,9 @@ def build_database(
             for files in runs:
                 _load_run(con, files)
             for name in ("overlap", "concentration", "ablation", "consistency", "curve",
-                         "summaries"):  # fmt: skip
+                         "summaries", "contrast_pairs"):  # fmt: skip
                 _run(con, name)
+            build_contrasts(con)
             con.execute("CHECKPOINT")
             tables_dir.mkdir(parents=True, exist_ok=True)
             for name in TABLES:

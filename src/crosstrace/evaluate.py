@@ -15,7 +15,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from crosstrace.atomic import atomic_file
 from crosstrace.devices import resolve_device
 from crosstrace.errors import CrosstraceError
-from crosstrace.models import bos_id, count_parameters, load_model, trained_precision
+from crosstrace.models import (
+    bos_id,
+    check_world,
+    count_parameters,
+    load_model,
+    trained_precision,
+)
 from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target, read_bio, read_qa
 
 SPLIT_NAMES = {"train": "id", "test": "ood"}
@@ -196,6 +202,7 @@ def evaluate_run(
     split ``bio_id`` / ``bio_ood``.
     """
     model, tokenizer = load_model(model_dir, resolve_device(device))
+    check_world(model, qa_path, f"the model folder {model_dir}")
     qa = read_qa(qa_path)
     try:
         predictions = predict(

@@ -22,7 +22,7 @@ import torch
 
 from crosstrace.atomic import atomic_file
 from crosstrace.devices import resolve_device
-from crosstrace.models import bos_id, load_model
+from crosstrace.models import bos_id, check_world, load_model
 from crosstrace.outputs import FINAL_MODEL_FILES
 from crosstrace.param_map import ParamMap
 from crosstrace.probes import Probes, build_probes, probe_gradients
@@ -136,6 +136,7 @@ def analyse_final_model(
     model, tokenizer = load_model(model_dir, resolve_device(device))
     model.eval()
     data = Path(data_dir)
+    check_world(model, data / "qa.parquet", f"the model folder {model_dir}")
     bio, qa = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     people = read_people(data / "people.parquet")
     bos = bos_id(model, tokenizer)

@@ -24,7 +24,8 @@ from transformers import (
 
 from crosstrace.atomic import atomic_dir
 from crosstrace.config import model_defaults
-from crosstrace.errors import ConfigError, CrosstraceError
+from crosstrace.errors import ConfigError, CrosstraceError, InputDataError
+from crosstrace.world import world_fingerprint
 
 ARCHITECTURES = ("llama", "gpt_neox")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -176,6 +177,7 @@ def build_base(
     else:
         raise ConfigError("a models entry needs either `tiny:` or `pretrained:`")
     record_bos(model, tokenizer, bos)
+    setattr(model.config, WORLD_KEY, world_fingerprint(Path(data_dir) / "qa.parquet"))
     save_model(model, tokenizer, out_dir)
 
 
@@ -206,6 +208,28 @@ def bos_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | 
             f"the model folder asks for BOS ({BOS_KEY}) but its tokenizer has none"
         )
     return int(tokenizer.bos_token_id)
+
+
+WORLD_KEY = "crosstrace_world"  # in a model folder's config.json: the world θ0 was built for
+
+
+def check_world(model: PreTrainedModel, data: str | os.PathLike[str], what: str) -> None:
+    """Refuse a model and world data that do not belong together: the model's tokenizer and
+    training were made for the world whose fingerprint θ0 recorded. ``data``: a world file
+    (bio, qa or people Parquet) or the folder holding them. Older folders and files without a
+    fingerprint are let through."""
+    path = Path(data)
+    path = path / "qa.parquet" if path.is_dir() else path
+    try:
+        theirs = world_fingerprint(path)
+    except InputDataError:  # missing or unreadable: its reader says so, with its own words
+        return
+    ours = getattr(model.config, WORLD_KEY, None)
+    if ours and theirs and ours != theirs:
+        raise InputDataError(
+            f"{what} belongs to world {ours}, but {path} is world {theirs}: a model is "
+            "evaluated, traced or trained only on the world its θ0 was built for"
+        )
 
 
 PRECISION_KEY = "crosstrace_precision"  # in a trained model folder's config.json

@@ -31,11 +31,14 @@ TABLES = (
     "consistency_by_set_summary",
     "representation_summary",
     "token_dependence_summary",
+    "contrast_pairs",
+    "contrasts",
 )
 
 # results/tables/csv/<name>.csv: the tables the HTML report carries beside the figures.
 REPORT_TABLES = (
     "accuracy_summary",
+    "training_curve_summary",
     "overlap",
     "overlap_summary",
     "ablation_summary",
@@ -44,6 +47,7 @@ REPORT_TABLES = (
     "consistency_by_set_summary",
     "representation_summary",
     "token_dependence_summary",
+    "contrasts",
 )
 
 # results/figures/<name>.<format>: what ``crosstrace.plots`` draws.

@@ -62,7 +62,7 @@ TITLES = {  # figure stem -> title
 }
 SPLIT_ORDER = ["id", "ood", "bio_id", "bio_ood"]
 FORMATS = ("png", "pdf", "svg")
-CONDITION_ORDER = ["shared", "random", "bio_only", "qa_only"]
+CONDITION_ORDER = ["shared", "random", "magnitude", "bio_only", "qa_only"]
 MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"]
 
 
@@ -333,7 +333,7 @@ def fig_concentration(conc: pd.DataFrame, k: float | None) -> plt.Figure:
     conc, label = primary(conc)
     d = conc[(conc["k_percent"] == k) & conc["unit"].isin(["head", "neuron"])]
     g = _by_strategy(d, "bar", x="set", y="gini", col="unit", row="model",
-                     order=["shared", "bio", "qa"], height=3.0, aspect=1.1)  # fmt: skip
+                     order=["shared", "null", "bio", "qa"], height=3.0, aspect=1.1)  # fmt: skip
     g.set(ylim=(0, 1))
     g.set_axis_labels("top-k set", "Gini over units")
     return _finish(g, f"{title}, k = {k:g}%, {label}")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from crosstrace.batches import training_examples
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.loss import mean_loss_gradient
-from crosstrace.models import bos_id, load_model
+from crosstrace.models import bos_id, check_world, load_model
 from crosstrace.tracefile import TASKS, save_trace
 from crosstrace.world import read_bio, read_qa
 
@@ -37,6 +37,7 @@ def posthoc_trace(
     model, tokenizer = load_model(model_dir, dev)
     model.eval()  # no dropout: a deterministic gradient at θ
     data = Path(data_dir)
+    check_world(model, data / "qa.parquet", f"the model folder {model_dir}")
     examples = training_examples(
         read_bio(data / "bio.parquet"),
         read_qa(data / "qa.parquet"),

@@ -240,22 +240,52 @@ def strata_ids(pmap: ParamMap, name: str, shape: Sequence[int]) -> np.ndarray:
 Masks = dict[str, np.ndarray]  # {param: bool mask of the parameter's shape}
 
 
+MAGNITUDE_BINS = 10  # quantile bins of |θT − θ0| inside a stratum (the magnitude control)
+
+
+def magnitude_strata(strata: np.ndarray, shift: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    """Per element (flat): its stratum refined by the decile of |θT − θ0| among the stratum's
+    ranked elements (stratum code · MAGNITUDE_BINS + decile; −1 outside the population)."""
+    out = np.full(strata.shape, -1, dtype=np.int64)
+    idx = np.flatnonzero(ranked)
+    order = idx[np.lexsort((np.abs(shift[idx]), strata[idx]))]
+    starts = np.r_[0, np.flatnonzero(np.diff(strata[order])) + 1]
+    counts = np.diff(np.r_[starts, len(order)])
+    position = np.arange(len(order)) - np.repeat(starts, counts)
+    deciles = position * MAGNITUDE_BINS // np.repeat(counts, counts)
+    out[order] = strata[order] * MAGNITUDE_BINS + deciles
+    return out
+
+
 @dataclass(frozen=True)
 class Population:
-    """The ranked elements of every parameter (bool masks) and each element's stratum."""
+    """The ranked elements of every parameter (bool masks), each element's stratum and, when
+    the weights moved (``shift``: θT − θ0), its stratum refined by the size of that move."""
 
     ranked: Masks
     strata: dict[str, np.ndarray]
+    magnitude: dict[str, np.ndarray] | None = None
 
     @classmethod
     def of(
-        cls, pmap: ParamMap, shapes: Mapping[str, Sequence[int]], settings: RankSettings
+        cls,
+        pmap: ParamMap,
+        shapes: Mapping[str, Sequence[int]],
+        settings: RankSettings,
+        shift: Mapping[str, np.ndarray] | None = None,
     ) -> Population:
         ranked: Masks = {}
         for t in ranked_tensors(pmap, shapes, settings.rank_modules, settings.rank_params):
             mask = ranked.setdefault(t.param, np.zeros(tuple(shapes[t.param]), dtype=bool))
             mask.reshape(t.spec.n_rows, t.spec.n_cols)[t.rows] = True
-        return cls(ranked, {n: strata_ids(pmap, n, shapes[n]) for n in ranked})
+        strata = {n: strata_ids(pmap, n, shapes[n]) for n in ranked}
+        magnitude = None
+        if shift is not None:
+            magnitude = {
+                n: magnitude_strata(strata[n], np.asarray(shift[n]).reshape(-1), m.reshape(-1))
+                for n, m in ranked.items()
+            }
+        return cls(ranked, strata, magnitude)
 
 
 def stratified_draw(
@@ -284,7 +314,7 @@ def stratified_draw(
     return out
 
 
-CONTROLS = ("random", "bio_only", "qa_only")
+CONTROLS = ("random", "bio_only", "qa_only", "magnitude")
 
 
 def control_sets(
@@ -300,7 +330,9 @@ def control_sets(
     ``top``: ``{task: masks}`` (:func:`member_masks`). Every control holds, in every stratum,
     as many elements as the shared set has there: ``random`` drawn among the stratum's ranked
     elements outside the shared set, ``bio_only`` / ``qa_only`` among one task's top-k minus
-    the shared set (a stratum with fewer such elements gives all it has). Draw ``d`` of
+    the shared set (a stratum with fewer such elements gives all it has), and ``magnitude``
+    like ``random`` but also matched on how far training moved each element (as many in each
+    decile of |θT − θ0| of the stratum; only when ``population`` knows the move). Draw ``d`` of
     control ``c`` uses the generator ``[*seed, c, d]``, so every consumer that passes the same
     ``seed`` gets the same sets (``controls`` picks some of them). Returns
     ``{("shared", 0): …, (control, draw): …}``.
@@ -308,18 +340,21 @@ def control_sets(
     params = list(top["bio"])
     shared = {n: top["bio"][n] & top["qa"][n] for n in params}
     ranked = population.ranked
+    outside = {n: ranked[n] & ~shared[n] for n in params}
     candidates = {
-        "random": {n: ranked[n] & ~shared[n] for n in params},
+        "random": outside,
         "bio_only": {n: top["bio"][n] & ~shared[n] for n in params},
         "qa_only": {n: top["qa"][n] & ~shared[n] for n in params},
+        "magnitude": outside,
     }
     out: dict[tuple[str, int], Masks] = {("shared", 0): shared}
     for control in controls:
+        strata = population.magnitude if control == "magnitude" else population.strata
+        if strata is None:
+            continue
         for draw in range(draws):
             rng = np.random.default_rng([*seed, CONTROLS.index(control), draw])
-            out[(control, draw)] = stratified_draw(
-                shared, candidates[control], population.strata, rng
-            )
+            out[(control, draw)] = stratified_draw(shared, candidates[control], strata, rng)
     return out
 
 
@@ -431,6 +466,24 @@ def compute_thresholds(
 # ---- one run -----------------------------------------------------------------------------
 
 
+def _margin_null(
+    b: np.ndarray, q: np.ndarray, axis: int | None, inverse: np.ndarray, n_cells: int
+) -> np.ndarray:
+    """Per cell, the shared count expected if each task's top-k set kept its row and column
+    inclusion rates and the two were independent: Σ p^bio_ij · p^qa_ij with p_ij = r_i · c_j / T,
+    the rank-1 (row × column) fit of a task's inclusion indicators inside the tensor."""
+    tb, tq = float(b.sum()), float(q.sum())
+    if tb == 0 or tq == 0:
+        return np.zeros(n_cells if axis is not None else 1)
+    rows = b.sum(1).astype(np.float64) * q.sum(1)  # r^bio_i · r^qa_i
+    cols = b.sum(0).astype(np.float64) * q.sum(0)  # c^bio_j · c^qa_j
+    scale = 1.0 / (tb * tq)
+    if axis is None:
+        return np.array([rows.sum() * cols.sum() * scale])
+    per, other = (rows, cols) if axis == 1 else (cols, rows)
+    return np.bincount(inverse, weights=per, minlength=n_cells) * other.sum() * scale
+
+
 def _grouped(mask: np.ndarray, axis: int | None, inverse: np.ndarray, n_cells: int) -> np.ndarray:
     if axis is None:
         return np.array([int(mask.sum())], dtype=np.int64)
@@ -473,9 +526,12 @@ def rank_traces(
     combos = [(s, k) for s in settings.scopes for k in settings.k_percent]
     for i, t in enumerate(tensors):
         axis, inverse, cell = _cells(t, pmap)
-        values = {
-            (d, task): _abs(traces[d], task, t) for d in settings.definitions for task in TASKS
+        signed = {
+            (d, task): t.take(traces[d].get(task, t.param))
+            for d in settings.definitions
+            for task in TASKS
         }
+        values = {key: np.abs(v) for key, v in signed.items()}
         for scope, k in combos:
             members: dict[tuple[str, str], np.ndarray] = {}
             for d in settings.definitions:
@@ -489,8 +545,12 @@ def rank_traces(
                          th.k_size[(scope, k, task, i)], thr, int(m.sum()))
                     )  # fmt: skip
                 b, q = members[(d, "bio")], members[(d, "qa")]
+                pos_b, pos_q = signed[(d, "bio")] > 0, signed[(d, "qa")] > 0
                 n_cells = len(cell["n_params"])
-                counts = [_grouped(x, axis, inverse, n_cells) for x in (b, q, b & q)]
+                counts = [
+                    _grouped(x, axis, inverse, n_cells)
+                    for x in (b, q, b & q, b & q & (pos_b == pos_q), b & pos_b, q & pos_q)
+                ]
                 cell_chunks.append(
                     pd.DataFrame(
                         {
@@ -504,6 +564,10 @@ def rank_traces(
                             "n_bio": counts[0],
                             "n_qa": counts[1],
                             "n_shared": counts[2],
+                            "n_shared_same_sign": counts[3],
+                            "n_bio_positive": counts[4],
+                            "n_qa_positive": counts[5],
+                            "expected_margins": _margin_null(b, q, axis, inverse, n_cells),
                         }
                     )
                 )
@@ -514,7 +578,7 @@ def rank_traces(
                     acc[0] += int(a.sum())
                     acc[1] += int(b.sum())
                     acc[2] += int((a & b).sum())
-        del values
+        del values, signed
     return _tables(rank_rows, cell_chunks, agree)
 
 

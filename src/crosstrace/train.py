@@ -31,6 +31,7 @@ from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.errors import ConfigError, CrosstraceError, Preempted
 from crosstrace.models import (
     bos_id,
+    check_world,
     count_parameters,
     load_model,
     record_precision,
@@ -288,6 +289,7 @@ def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
     layout = parallelism(cfg.distributed, rank)
     loss_fn = layout.prepare(model, amp)
     data = Path(job.data_dir)
+    check_world(model, data / "qa.parquet", f"the model folder {job.init_dir}")
     bio_df, qa_df = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     bos = bos_id(model, tokenizer)
     with distributed.main_rank_first():  # rank 0 fills the tokenisation cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,9 +239,30 @@ def _split(cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
-def _write(table: pa.Table, path: str | os.PathLike[str]) -> None:
+WORLD_KEY = b"crosstrace_world"  # Parquet schema metadata: the world's fingerprint
+
+
+def world_fingerprint_of(cfg: WorldConfig) -> str:
+    """A short hash of everything that decides a world (its parsed settings)."""
+    text = json.dumps({"format": 1, **dataclasses.asdict(cfg)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def world_fingerprint(path: str | os.PathLike[str]) -> str | None:
+    """The fingerprint a world file (bio, qa or people Parquet) was written with; None for a
+    file of an older version."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(f"cannot read the world file {os.fspath(path)!r}: {exc}") from exc
+    value = meta.get(WORLD_KEY)
+    return value.decode() if value else None
+
+
+def _write(table: pa.Table, path: str | os.PathLike[str], fingerprint: str) -> None:
+    meta = {**(table.schema.metadata or {}), WORLD_KEY: fingerprint.encode()}
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
 
 
 def synthesize_world(
@@ -249,6 +273,7 @@ def synthesize_world(
 ) -> None:
     """Draw the world of ``world_cfg`` and write bio, qa and people Parquet files."""
     cfg = parse_world_config(world_cfg)
+    fingerprint = world_fingerprint_of(cfg)
     rng = np.random.default_rng(cfg.seed)
     people = _people(cfg, rng)
     train = _split(cfg, rng)
@@ -262,6 +287,7 @@ def synthesize_world(
             schema=pa.unify_schemas([BIO_SCHEMA, BIO_SPAN_SCHEMA]),
         ),
         bio_out,
+        fingerprint,
     )
     questions = [QA_TEMPLATES[a].format(name=name) for name in people["name"] for a in ATTRIBUTES]
     answers = [people[a][p] for p in range(n) for a in ATTRIBUTES]
@@ -278,8 +304,9 @@ def synthesize_world(
             schema=QA_SCHEMA,
         ),
         qa_out,
+        fingerprint,
     )
-    _write(pa.table({"person_id": ids, **people}, schema=PEOPLE_SCHEMA), people_out)
+    _write(pa.table({"person_id": ids, **people}, schema=PEOPLE_SCHEMA), people_out, fingerprint)
 
 
 def _read(path: str | os.PathLike[str], schema: pa.Schema, what: str) -> pd.DataFrame:

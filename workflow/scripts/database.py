@@ -16,4 +16,5 @@ build_database(
     settings=RankSettings(**snakemake.params.settings),
     memory_limit=snakemake.params.memory_limit,
     threads=snakemake.threads,
+    primary_k=snakemake.params.primary_k,
 )

@@ -11,7 +11,7 @@ WITH base AS (
 SELECT a.model, a.strategy, a.seed, a.definition, a.scope, a.k_percent, a.condition,
        a.counterfactual, a.split,
        count(*) AS n_draws, any_value(a.n_target) AS n_target,
-       avg(a.n_reset) AS n_reset, any_value(a.n) AS n,
+       avg(a.n_reset) AS n_reset, avg(a.shift_norm) AS shift_norm, any_value(a.n) AS n,
        avg(a.accuracy) AS accuracy,
        stddev_samp(a.accuracy) AS accuracy_sd,
        min(a.accuracy) AS accuracy_min, max(a.accuracy) AS accuracy_max,

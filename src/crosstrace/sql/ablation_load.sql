@@ -3,5 +3,5 @@
 INSERT INTO ablation_draws
 SELECT model, strategy, seed, definition, scope, k_percent, condition, draw,
        CASE WHEN condition = 'none' THEN 'none' ELSE counterfactual END,
-       n_target, n_reset, split, n, accuracy
+       n_target, n_reset, shift_norm, split, n, accuracy
 FROM ablation_in;

@@ -1,5 +1,7 @@
--- How concentrated a top-k set is over units, for the shared set and, as its reference, for
--- each task's own top-k set (column "set": shared | bio | qa). Units:
+-- How concentrated a top-k set is over units, for the shared set and, as its references, for
+-- each task's own top-k set and for the shared counts the cell null expects (n_bio·n_qa/n per
+-- head slice or neuron: a product of two concentrated sets is more concentrated than either
+-- even when they are independent) (column "set": shared | bio | qa | null). Units:
 --   head:   an attention head slice of one module, (layer, module, head); Llama k/v heads are
 --           KV heads, so each module keeps its own index space
 --   neuron: an MLP neuron, (layer, neuron) over its up, gate and down elements
@@ -9,27 +11,28 @@
 CREATE TABLE concentration AS
 WITH cells AS (
     SELECT model, strategy, seed, definition, scope, k_percent, layer, module, head, neuron,
-           n_shared, n_bio, n_qa
+           n_shared, n_bio, n_qa, n_bio::DOUBLE * n_qa / n_params AS expected
     FROM shared_counts
 ),
 units AS (
     SELECT model, strategy, seed, definition, scope, k_percent, 'head' AS unit,
-           sum(n_shared) AS shared, sum(n_bio) AS bio, sum(n_qa) AS qa
+           sum(n_shared)::DOUBLE AS shared, sum(n_bio)::DOUBLE AS bio, sum(n_qa)::DOUBLE AS qa,
+           sum(expected) AS "null"
     FROM cells WHERE head IS NOT NULL AND module LIKE 'attn.%'
     GROUP BY model, strategy, seed, definition, scope, k_percent, layer, module, head
     UNION ALL
     SELECT model, strategy, seed, definition, scope, k_percent, 'neuron' AS unit,
-           sum(n_shared), sum(n_bio), sum(n_qa)
+           sum(n_shared), sum(n_bio), sum(n_qa), sum(expected)
     FROM cells WHERE neuron IS NOT NULL
     GROUP BY model, strategy, seed, definition, scope, k_percent, layer, neuron
     UNION ALL
     SELECT model, strategy, seed, definition, scope, k_percent, 'layer' AS unit,
-           sum(n_shared), sum(n_bio), sum(n_qa)
+           sum(n_shared), sum(n_bio), sum(n_qa), sum(expected)
     FROM cells WHERE layer IS NOT NULL
     GROUP BY model, strategy, seed, definition, scope, k_percent, layer
 ),
 long AS (
-    UNPIVOT units ON shared, bio, qa INTO NAME "set" VALUE x
+    UNPIVOT units ON shared, bio, qa, "null" INTO NAME "set" VALUE x
 ),
 ranked AS (
     SELECT *,
@@ -47,7 +50,7 @@ ranked AS (
 )
 SELECT model, strategy, seed, definition, scope, k_percent, unit, "set",
        any_value(n_units)::BIGINT AS n_units,
-       any_value(total)::BIGINT AS n_members,
+       round(any_value(total))::BIGINT AS n_members,
        CASE WHEN any_value(total) > 0 THEN
            2.0 * sum(i * x) / (any_value(n_units) * any_value(total))
            - (any_value(n_units) + 1.0) / any_value(n_units) END AS gini,

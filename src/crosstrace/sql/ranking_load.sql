@@ -6,7 +6,8 @@ SELECT $model, $strategy, $seed, definition, scope, k_percent, task, param, laye
 FROM read_parquet($ranking);
 INSERT INTO shared_counts
 SELECT $model, $strategy, $seed, definition, scope, k_percent, param, layer, module, head,
-       neuron, query_heads, n_params, n_bio, n_qa, n_shared
+       neuron, query_heads, n_params, n_bio, n_qa, n_shared, n_shared_same_sign,
+       n_bio_positive, n_qa_positive, expected_margins
 FROM read_parquet($cells);
 INSERT INTO definition_agreement
 SELECT $model, $strategy, $seed, scope, k_percent, task, definition_a, definition_b, n_a, n_b,

@@ -16,7 +16,8 @@ CREATE TABLE shared_counts (
     model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
     k_percent DOUBLE, param VARCHAR, layer INTEGER, module VARCHAR, head INTEGER,
     neuron INTEGER, query_heads INTEGER[], n_params BIGINT, n_bio BIGINT, n_qa BIGINT,
-    n_shared BIGINT
+    n_shared BIGINT, n_shared_same_sign BIGINT, n_bio_positive BIGINT, n_qa_positive BIGINT,
+    expected_margins DOUBLE
 );
 CREATE TABLE definition_agreement (
     model VARCHAR, strategy VARCHAR, seed BIGINT, scope VARCHAR, k_percent DOUBLE,
@@ -41,7 +42,7 @@ CREATE TABLE training_curve_raw (
 CREATE TABLE ablation_draws (
     model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
     k_percent DOUBLE, condition VARCHAR, draw BIGINT, counterfactual VARCHAR, n_target BIGINT,
-    n_reset BIGINT, split VARCHAR, n BIGINT, accuracy DOUBLE
+    n_reset BIGINT, shift_norm DOUBLE, split VARCHAR, n BIGINT, accuracy DOUBLE
 );
 -- gradient consistency during training (results/runs/…/consistency.parquet): per record step,
 -- source (step | probe_id | probe_ood) and tensor slice: dot product and squared norms

@@ -26,7 +26,24 @@ SELECT model, strategy, definition, scope, k_percent, count(*) AS n_seeds,
        avg(enrichment) AS enrichment,
        avg(enrichment) - ci_half(stddev_samp(enrichment), count(*)) AS ci_low,
        avg(enrichment) + ci_half(stddev_samp(enrichment), count(*)) AS ci_high,
-       avg(z) AS z, avg(enrichment_global) AS enrichment_global
+       avg(enrichment_cells) AS enrichment_cells,
+       avg(enrichment_margins) AS enrichment_margins,
+       avg(enrichment_margins) - ci_half(stddev_samp(enrichment_margins), count(*))
+           AS margins_ci_low,
+       avg(enrichment_margins) + ci_half(stddev_samp(enrichment_margins), count(*))
+           AS margins_ci_high,
+       avg(enrichment_same_sign) AS enrichment_same_sign,
+       avg(enrichment_same_sign) - ci_half(stddev_samp(enrichment_same_sign), count(*))
+           AS same_sign_ci_low,
+       avg(enrichment_same_sign) + ci_half(stddev_samp(enrichment_same_sign), count(*))
+           AS same_sign_ci_high,
+       avg(enrichment_opposite_sign) AS enrichment_opposite_sign,
+       avg(enrichment_opposite_sign)
+           - ci_half(stddev_samp(enrichment_opposite_sign), count(*)) AS opposite_sign_ci_low,
+       avg(enrichment_opposite_sign)
+           + ci_half(stddev_samp(enrichment_opposite_sign), count(*)) AS opposite_sign_ci_high,
+       avg(n_shared_same_sign::DOUBLE / nullif(n_shared, 0)) AS same_sign_share,
+       avg(enrichment_global) AS enrichment_global
 FROM overlap GROUP BY ALL ORDER BY ALL;
 CREATE TABLE concentration_summary AS
 SELECT model, strategy, definition, scope, k_percent, unit, "set", count(*) AS n_seeds,
@@ -48,10 +65,23 @@ SELECT model, strategy, phase, step, run_step, source, module, count(*) AS n_see
        avg(sign_agreement) AS sign_agreement
 FROM consistency_by_module GROUP BY ALL ORDER BY ALL;
 CREATE TABLE representation_summary AS
-WITH per_run AS (
+WITH measured AS (
     SELECT model, strategy, seed, measure, layer, split, avg(value) AS value,
            avg(baseline) AS baseline
     FROM representation GROUP BY ALL
+),
+per_run AS (  -- with the two derived measures: the cosine beyond another person's, and the
+              -- probe's transfer relative to its own training accuracy
+    SELECT * FROM measured
+    UNION ALL
+    SELECT model, strategy, seed, 'cosine_minus_other_person', layer, split,
+           value - baseline, 0.0
+    FROM measured WHERE measure = 'cosine'
+    UNION ALL
+    SELECT t.model, t.strategy, t.seed, 'transfer_over_train_accuracy', t.layer, t.split,
+           t.value / nullif(a.value, 0), NULL
+    FROM measured AS t JOIN measured AS a USING (model, strategy, seed, layer, split)
+    WHERE t.measure = 'transfer' AND a.measure = 'train_accuracy'
 )
 SELECT model, strategy, measure, layer, split, count(*) AS n_seeds, avg(value) AS value,
        avg(value) - ci_half(stddev_samp(value), count(*)) AS ci_low,
@@ -70,5 +100,6 @@ FROM per_run GROUP BY ALL ORDER BY ALL;
 CREATE TABLE consistency_by_set_summary AS
 SELECT model, strategy, definition, scope, k_percent, "set", source, count(*) AS n_seeds,
        avg(cosine) AS cosine, avg(cosine) - ci_half(stddev_samp(cosine), count(*)) AS ci_low,
-       avg(cosine) + ci_half(stddev_samp(cosine), count(*)) AS ci_high
+       avg(cosine) + ci_half(stddev_samp(cosine), count(*)) AS ci_high,
+       avg(n_sign_agree::DOUBLE / nullif(n_elements, 0)) AS sign_agreement
 FROM consistency_by_set GROUP BY ALL ORDER BY ALL;
