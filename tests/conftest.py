@@ -66,6 +66,7 @@ def ci_run(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``-n 2 --dist loadgroup``, the default): the tests of one module run
     in one worker, so its module fixtures (trained runs) are built once; the modules that use

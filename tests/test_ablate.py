@@ -171,7 +171,8 @@ def trained(tmp_path_factory) -> Path:
     training = {"lr": 5e-3, "batch_size": 16, "mix_epochs": 60, "qa_ratio": 0.5,
                 "warmup_ratio": 0.05}  # fmt: skip
     train_run(root / "base", root / "final", root / "trace.safetensors", root / "log.parquet",
-              phase="mix", data_dir=data, training=training, progress=False)  # fmt: skip
+              phase="mix", data_dir=data, training=training, progress=False,
+              trace={"kinds": ["gradient", "update"]})  # fmt: skip
     return root
 
 
@@ -198,7 +199,9 @@ def test_ablate_run_table(trained):
                     device="cpu")  # fmt: skip
     back = pd.read_parquet(trained / "ablation.parquet")
     assert set(back["n"]) == {30}  # 5 per attribute and split
-    assert len(back) == len(df) == 2 * 3 * (2 + 3 * 2) * 2  # scopes × k × conditions × splits
+    # scopes × k × (none, shared, 4 controls × 2 draws) × splits; no update trace: resets only
+    assert len(back) == len(df) == 2 * 3 * (2 + 4 * 2) * 2
+    assert set(back["counterfactual"]) == {"none", "reset"}
     assert (back[back.condition == "none"]["n_reset"] == 0).all()
     shared = back[back.condition == "shared"]
     assert (shared["n_reset"] == shared["n_target"]).all() and (shared["n_target"] > 0).all()
@@ -212,6 +215,32 @@ def test_ablate_run_table(trained):
     # resetting the global top 20 % of both tasks' parameters hurts recall of trained facts
     big = shared[(shared.k_percent == 20.0) & (shared.split == "id") & (shared.scope == "global")]
     assert (big["accuracy"] < none.iloc[0]).all()
+
+
+def test_removal_counterfactuals_take_one_task_off_the_shared_set_and_first_draws(trained):
+    """With the update decomposition: θT + Δ^upd_task on the shared set and on draw 0 of the
+    random and magnitude-matched controls, global scope only, on exactly the reset's elements."""
+    run = Run("llama_tiny", "mix", 0)
+    outs = {o: trained / f"cf_{o}.parquet" for o in ("ranking", "cells", "agreement")}
+    rank_run({"trajectory": trained / "trace.safetensors"}, trained / "final", outs, run=run,
+             settings=SETTINGS)  # fmt: skip
+    update = trained / "trace_update.safetensors"
+    assert update.is_file()
+    df = ablate_run(trained / "final", trained / "base",
+                    {"trajectory": trained / "trace.safetensors"}, outs["ranking"],
+                    trained / "data" / "qa.parquet", trained / "cf_ablation.parquet", run=run,
+                    settings=SETTINGS, draws=2, questions_per_split=30, device="cpu",
+                    update_trace=update)  # fmt: skip
+    removed = df[df.counterfactual.str.startswith("remove_")]
+    assert set(removed.counterfactual) == {"remove_bio", "remove_qa"}
+    assert set(removed.scope) == {"global"} and set(removed.draw) == {0}
+    assert set(removed.condition) == {"shared", "random", "magnitude"}
+    keys = ["scope", "k_percent", "condition", "draw", "split"]
+    reset = df[df.counterfactual == "reset"].set_index(keys)
+    for _, rows in removed.groupby("counterfactual"):
+        same = reset.loc[rows.set_index(keys).index]
+        assert (rows["n_reset"].to_numpy() == same["n_reset"].to_numpy()).all()
+    assert ((df["accuracy"] >= 0) & (df["accuracy"] <= 1)).all()
 
 
 def test_stratified_draw_matches_the_quota_per_stratum_and_takes_all_where_short():

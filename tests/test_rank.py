@@ -222,7 +222,6 @@ def test_independent_tasks_with_100x_scales_sit_at_the_stratified_null():
     )
     for row in overlap_table(out["cells"]).itertuples():
         assert row.enrichment_global > 1.5, row  # the global null overstates enrichment
-        assert abs(row.z) <= 4.0, row
         tol = 4.0 * math.sqrt(row.expected_shared) / row.expected_shared  # var ≤ mean
         assert abs(row.enrichment - 1.0) <= tol, row
         assert tol < 0.5  # the check has teeth
@@ -241,7 +240,9 @@ def test_a_planted_shared_block_is_enriched():
         settings(k_percent=(1.0,), scopes=("per_tensor",)),
     )
     row = overlap_table(out["cells"]).iloc[0]
-    assert row.enrichment > 5.0 and row.z > 20, row
+    # far beyond the null's spread (a sum of hypergeometrics: variance ≤ mean)
+    assert row.enrichment > 5.0, row
+    assert row.n_shared - row.expected_shared > 20 * math.sqrt(row.expected_shared), row
 
 
 def test_kth_largest_matches_sort():
