@@ -380,12 +380,16 @@ def fig_training_curve(curve: pd.DataFrame) -> plt.Figure:
     title = TITLES["training_curve"]
     _need(curve, "no training curve")
     d = curve.copy()
-    d["measure"] = d["split"].map(lambda s: f"{MEASURES[s][0]}, {MEASURES[s][1]}")
-    cols = [f"{m}, {p}" for m, p in MEASURES.values() if f"{m}, {p}" in set(d["measure"])]
+    d["measure"] = d["split"].map(lambda s: f"{MEASURES[s][0]},\n{MEASURES[s][1]}")
+    cols = [f"{m},\n{p}" for m, p in MEASURES.values() if f"{m},\n{p}" in set(d["measure"])]
     g = _by_strategy(d, "line", x="run_step", y="accuracy", col="measure", row="model",
-                     col_order=cols, markers=True, height=2.4, aspect=1.2)  # fmt: skip
+                     col_order=cols, markers=True, height=2.6, aspect=1.1)  # fmt: skip
     g.set(ylim=(-0.02, 1.02))
-    g.set_axis_labels("optimizer step (two-stage: BIO stage, then QA stage)", "accuracy")
+    g.set_axis_labels("", "accuracy")
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, integer=True, prune="upper"))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    g.figure.supxlabel("optimizer step (two-stage: the BIO stage, then the QA stage)", y=0.0)
     return _finish(g, title)
 
 
