@@ -1,5 +1,7 @@
 rule ablate:
-    """Reset the shared top-k parameters to θ0 and re-evaluate, beside matched controls."""
+    """Reset the shared top-k parameters to θ0 and re-evaluate, beside matched controls; the
+    same for whole heads and neurons ranked by their shared count (the unit ablation).
+    """
     input:
         unpack(world_files),
         unpack(rank_traces),
@@ -9,6 +11,7 @@ rule ablate:
         ranking=run_file(RANKING_FILES["ranking"]),
     output:
         ablation=run_file(ABLATION_FILE),
+        units=run_file(UNIT_ABLATION_FILE),
     log:
         res("logs/ablate/{model}/{strategy}/seed{seed}.log"),
     benchmark:
@@ -32,5 +35,7 @@ rule ablate:
         questions_per_split=config["analysis"]["ablation_questions"],
         batch_size=config["evaluation"]["batch_size"],
         device=config["device"],
+        unit_counts=config["analysis"]["unit_counts"],
+        unit_k=primary_k(config["analysis"]),
     script:
         "../workflow/scripts/ablate.py"

@@ -28,6 +28,8 @@ from crosstrace.outputs import (
     TRAINING_CONSISTENCY_FILE,
     TRAINING_CURVE_FILE,
     BIO_END_PREDICTIONS_FILE,
+    UNIT_ABLATION_FILE,
+    PEOPLE_CONTROL_FILE,
 )
 from crosstrace.training_config import phase_training, trace_section
 
@@ -272,6 +274,8 @@ def run_files(model, strategy, seed):
         "predictions": os.path.join(folder, PREDICTIONS_FILE),
         **ranking_files(model, strategy, seed),
         "ablation": os.path.join(folder, ABLATION_FILE),
+        "unit_ablation": os.path.join(folder, UNIT_ABLATION_FILE),
+        "people_control": os.path.join(folder, PEOPLE_CONTROL_FILE),
         **consistency_files(model, strategy, seed),
         "training_curve": os.path.join(folder, TRAINING_CURVE_FILE),
         "bio_end_predictions": bio_end_predictions(model, strategy, seed),
@@ -301,7 +305,11 @@ def all_run_inputs():
     out = []
     for run in all_runs():
         files = run_files(*run)
-        out += [files["training_curve"], *files["train_logs"][-1:]]
+        out += [
+            files["training_curve"],
+            files["people_control"],
+            *files["train_logs"][-1:],
+        ]
         if files["bio_end_predictions"] is not None:
             out.append(files["bio_end_predictions"])
     return out
@@ -324,7 +332,11 @@ def all_ranking_files():
 
 
 def all_ablations():
-    return [os.path.join(run_dir(*run), ABLATION_FILE) for run in all_runs()]
+    return [
+        os.path.join(run_dir(*run), name)
+        for run in all_runs()
+        for name in (ABLATION_FILE, UNIT_ABLATION_FILE)
+    ]
 
 
 def all_tables():

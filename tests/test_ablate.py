@@ -243,6 +243,28 @@ def test_removal_counterfactuals_take_one_task_off_the_shared_set_and_first_draw
     assert ((df["accuracy"] >= 0) & (df["accuracy"] <= 1)).all()
 
 
+def test_ablate_run_writes_the_unit_table(trained):
+    run = Run("llama_tiny", "mix", 0)
+    outs = {o: trained / f"u_{o}.parquet" for o in ("ranking", "cells", "agreement")}
+    rank_run({"trajectory": trained / "trace.safetensors"}, trained / "final", outs, run=run,
+             settings=SETTINGS)  # fmt: skip
+    ablate_run(trained / "final", trained / "base", {"trajectory": trained / "trace.safetensors"},
+               outs["ranking"], trained / "data" / "qa.parquet", trained / "u_ablation.parquet",
+               run=run, settings=SETTINGS, draws=2, questions_per_split=30, device="cpu",
+               units_out=trained / "units.parquet", unit_counts={"head": [1, 2], "neuron": [8]},
+               unit_k=5.0)  # fmt: skip
+    units = pd.read_parquet(trained / "units.parquet")
+    assert set(units.k_percent) == {5.0} and set(units.scope) == {"global"}
+    # (heads at 1 and 2, neurons at 8) × (top + 2 draws) × 2 splits
+    assert len(units) == 3 * 3 * 2
+    for (_, n), part in units.groupby(["unit", "n_units"]):
+        top, rnd = part[part.condition == "top"], part[part.condition == "random"]
+        assert (top.n_shared.min() >= rnd.n_shared.max()) and top.n_shared.min() > 0
+        assert (part.n_reset > 0).all() and len(set(part.n_reset)) == 1  # equal-size units
+        assert all(len(u.split(",")) == n for u in part.units)
+    assert ((units.accuracy >= 0) & (units.accuracy <= 1)).all()
+
+
 def test_stratified_draw_matches_the_quota_per_stratum_and_takes_all_where_short():
     strata = {"w": np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])}
     quota = {"w": np.array([1, 1, 0, 0, 1, 1, 1, 0, 0, 0], dtype=bool)}  # 2, 3, 0 per stratum

@@ -20,9 +20,10 @@ LAYERS = {
         "batches", "distributed", "checkpoint", "preemption", "optim", "training_config",
     ],
     "model, loss and the step": ["models", "loss", "trace", "scoring", "step", "parallel"],
-    "analysis": ["probes", "consistency", "representation", "rank"],
+    "analysis": ["probes", "consistency", "representation", "rank", "units"],
     "stages": [
-        "train", "curve", "contrasts", "posthoc", "evaluate", "dump", "ablate", "final_model",
+        "train", "curve", "contrasts", "posthoc", "people_control", "evaluate", "dump", "ablate",
+        "final_model",
         "database", "headline", "plots", "report",
     ],
     "entry points": ["worker", "cli"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,10 @@ from crosstrace.config import section_defaults
 from crosstrace.database import TABLES, RunFiles, build_database, connect, shared_by_head_query
 from crosstrace.dump import dump_trace
 from crosstrace.errors import InputDataError
-from crosstrace.rank import RankSettings, rank_run
+from crosstrace.param_map import ParamMap
+from crosstrace.rank import RankSettings, rank_run, rank_traces
 from crosstrace.runs import Run
+from crosstrace.tracefile import TraceDict
 
 DEFAULT_RANK_MODULES = tuple(section_defaults("analysis")["rank_modules"])
 
@@ -64,8 +67,27 @@ def make_run(root, run: Run, settings=SETTINGS) -> RunFiles:
         scope="global", n_target=10, n=4,
     )  # fmt: skip
     abl.to_parquet(folder / "ablation.parquet")
+    units = []
+    for split, none in (("id", 1.0), ("ood", 0.5)):  # top: drop 0.4; random draws: 0, 0.1, 0.2
+        units.append(("top", 0, "L0.H1", 40, split, none - 0.4))
+        units += [("random", d, "L0.H2", 0, split, none - 0.1 * d) for d in range(3)]
+    pd.DataFrame(units, columns=["condition", "draw", "units", "n_shared", "split", "accuracy"]
+                 ).assign(model=run.model, strategy=run.strategy, seed=run.seed,
+                          definition="trajectory", scope="global", k_percent=1.0, unit="head",
+                          n_units=1, n_same_layer=1, n_reset=64, shift_norm=1.5, n=4,
+                          ).to_parquet(folder / "unit_ablation.parquet")  # fmt: skip
+    people = []  # the same people: correlated gradients; other people: independent ones
+    for pairing, rho in (("same", 0.8), ("other", 0.0)):
+        pair = TraceDict(random_trace(model, seed=10 + run.seed, correlated=rho))
+        endpoint = replace(settings, definitions=("endpoint",), primary="endpoint")
+        cells = rank_traces({"endpoint": pair}, ParamMap(model.config), endpoint)["cells"]
+        people.append(cells.assign(pairing=pairing, model=run.model, strategy=run.strategy,
+                                   seed=run.seed))  # fmt: skip
+    pd.concat(people).to_parquet(folder / "people_control.parquet")
     preds = folder / "predictions.parquet"
-    return RunFiles(run, preds, **outs, ablation=folder / "ablation.parquet")
+    return RunFiles(run, preds, **outs, ablation=folder / "ablation.parquet",
+                    unit_ablation=folder / "unit_ablation.parquet",
+                    people_control=folder / "people_control.parquet")  # fmt: skip
 
 
 @pytest.fixture
@@ -116,6 +138,42 @@ def test_ablation_averages_draws(built):
     assert row[1] == pytest.approx(1.0 - 0.05)  # mean of 1.0, 0.95, 0.90
     assert row[2] == pytest.approx(0.05)
     assert row[3] == pytest.approx(0.05)
+
+
+def test_unit_ablation_compares_the_top_units_with_the_random_draws(built):
+    tmp, _ = built
+    con = connect(tmp / "results" / "crosstrace.duckdb")
+    rows = con.execute(
+        "SELECT split, drop_top, drop_random, excess, n_draws, rank_p, top_units "
+        "FROM unit_ablation WHERE model = 'llama' AND seed = 0 ORDER BY split"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["id", "ood"]
+    for _, top, rnd, excess, draws, rank_p, units in rows:
+        assert (top, rnd, excess) == pytest.approx((0.4, 0.1, 0.3))
+        assert draws == 3 and rank_p == pytest.approx(1 / 4) and units == "L0.H1"
+    summary = con.execute(
+        "SELECT n_seeds, excess, ci_low FROM unit_ablation_summary "
+        "WHERE model = 'llama' AND split = 'ood'"
+    ).fetchone()
+    assert summary[:2] == (2, pytest.approx(0.3)) and summary[2] == pytest.approx(0.3)
+
+
+def test_people_control_sets_the_same_people_beside_other_people(built):
+    tmp, _ = built
+    con = connect(tmp / "results" / "crosstrace.duckdb")
+    df = con.execute("SELECT * FROM people_control").df()
+    assert len(df) == len(RUNS) * 2 * 2  # runs × scopes × k
+    assert (df["enrichment_same"] > 1.5).all()  # correlated gradients share more than chance
+    assert (df["enrichment_same"] > df["enrichment_other"]).all()
+    assert df["enrichment_other"].mean() < 1.5  # independent ones about as much as chance
+    assert np.allclose(df["enrichment_difference"], df["enrichment_same"] - df["enrichment_other"])
+    overlap = con.execute("SELECT DISTINCT definition FROM overlap").fetchall()
+    assert overlap == [("trajectory",)]  # the control stays out of the main tables
+    summary = con.execute(
+        "SELECT n_seeds, ci_low < enrichment_difference FROM people_control_summary "
+        "WHERE model = 'llama'"
+    ).fetchall()
+    assert summary and all(n == 2 and below for n, below in summary)
 
 
 def test_summaries_give_an_interval_over_seeds(built):

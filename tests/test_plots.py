@@ -90,9 +90,12 @@ def consistency_table(last_step: int) -> pd.DataFrame:
     rows = []
     for model, strategy in itertools.product(MODELS, STRATEGIES):
         for module, step, source in itertools.product(
-            MODULES[model], range(0, last_step + 1, last_step // 10), ("probe_id", "probe_ood")
+            MODULES[model],
+            range(0, last_step + 1, last_step // 10),
+            ("probe_id", "probe_ood", "step"),
         ):
-            rows.append((model, strategy, 0, step, source, module, 0.1))
+            if source != "step" or strategy == "mix":  # in-step records: mixed batches only
+                rows.append((model, strategy, 0, step, source, module, 0.1))
     return pd.DataFrame(rows, columns=["model", "strategy", "seed", "run_step", "source",
                                        "module", "cosine"])  # fmt: skip
 
@@ -119,6 +122,8 @@ def test_consistency_vs_step_is_readable_and_says_neox_has_no_gate(last_step):
         and min(ax.get_xlim()) <= tick.get_loc() <= max(ax.get_xlim())
     ]
     assert labels and not overlapping(labels)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "in-step (mixed training's own batches)" in legend  # the whole of training, a curve
     xlabels = [ax.xaxis.label.get_window_extent(renderer) for ax in grid if ax.get_xlabel()]
     assert not overlapping(xlabels)
 
@@ -195,3 +200,47 @@ def test_figures_show_the_same_ranking():
     rows, label = plots.primary(table)
     assert set(rows["definition"]) == {"trajectory"} and set(rows["scope"]) == {"global"}
     assert label == "trajectory Δ, global top-k"
+
+
+def unit_tables(theta: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = []
+    for model, strategy, split in itertools.product(MODELS, STRATEGIES, ("id", "ood")):
+        for unit, n in (("head", 1), ("head", 2), ("head", 4), ("neuron", 16), ("neuron", 64)):
+            rows.append((model, strategy, 0, "trajectory", "global", 1.0, unit, n, "top", 0,
+                         split, theta / 4))  # fmt: skip
+            for draw in (0, 1):
+                rows.append((model, strategy, 0, "trajectory", "global", 1.0, unit, n,
+                             "random", draw, split, theta))  # fmt: skip
+    columns = ["model", "strategy", "seed", "definition", "scope", "k_percent", "unit",
+               "n_units", "condition", "draw", "split", "accuracy"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns), ablation_table(theta)
+
+
+def test_unit_ablation_panels_show_each_kinds_own_unit_counts():
+    fig = plots.fig_unit_ablation(*unit_tables(0.8))
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 4 * 4  # 4 runs × (heads, neurons) × (trained, held-out)
+    for ax in panels:
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        assert ticks == (["1", "2", "4"] if "heads" in ax.get_title() else ["16", "64"])
+    assert panels[0].get_title() == "llama_tiny · stage · heads, trained"
+    heights = sorted({round(p.get_height(), 6) for ax in panels for p in ax.patches})
+    assert heights == [0.0, 0.6]  # the top units drop 0.8 − 0.2; the random ones nothing
+
+
+def test_people_control_sets_same_and_other_people_side_by_side_over_the_null_line():
+    rows = [(m, s, seed, "global", k, 3.0 + seed, 1.0) for m, s, seed, k in
+            itertools.product(MODELS, STRATEGIES, (0, 1), (1.0, 5.0))]  # fmt: skip
+    rows += [
+        (m, s, 0, "per_tensor", 1.0, 9.0, 9.0) for m, s in itertools.product(MODELS, STRATEGIES)
+    ]
+    people = pd.DataFrame(rows, columns=["model", "strategy", "seed", "scope", "k_percent",
+                                         "enrichment_same", "enrichment_other"])  # fmt: skip
+    fig = plots.fig_people_control(people)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels][:2] == ["llama_tiny · stage", "llama_tiny · mix"]
+    heights = sorted({round(p.get_height(), 6) for ax in panels for p in ax.patches} - {0})
+    assert heights == [1.0, 3.5]  # the global rows only; the mean over seeds
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["same people: BIO(A) ∩ QA(A)", "other people: BIO(A) ∩ QA(B)"]
+    assert all(any(line.get_ydata()[0] == 1 for line in ax.lines) for ax in panels)

@@ -25,7 +25,7 @@ exact match and costs one forward pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,10 +43,13 @@ from crosstrace.rank import (
     RankSettings,
     condition_masks,
     control_seed,
+    member_masks,
     read_ranking,
 )
 from crosstrace.runs import Run
 from crosstrace.tracefile import TASKS, TraceFile
+from crosstrace.units import COLUMNS as UNIT_COLUMNS
+from crosstrace.units import unit_ablation_rows
 
 CONDITIONS = ("none", "shared", *CONTROLS)
 SPLITS = ("id", "ood")
@@ -154,6 +157,9 @@ def ablate_run(
     batch_size: int = 1024,
     device: str = "auto",
     update_trace: str | os.PathLike[str] | None = None,
+    units_out: str | os.PathLike[str] | None = None,
+    unit_counts: Mapping[str, Sequence[int]] | None = None,
+    unit_k: float | None = None,
 ) -> pd.DataFrame:
     """Evaluate θT and every ablation condition; write and return the table.
 
@@ -163,6 +169,10 @@ def ablate_run(
     control also lose one task's updates (``remove_bio``, ``remove_qa``: θT + Δ^upd_task on
     the set). Columns: model, strategy, seed, definition, scope, k_percent, condition, draw,
     counterfactual, n_target, n_reset, split, n, accuracy.
+
+    With ``units_out``, also the unit ablation (``crosstrace.units``): whole heads and neurons
+    ranked by how much of the shared set (global scope, k = ``unit_k``) they hold, reset to θ0
+    beside ``draws`` layer-matched random sets of as many units, per ``unit_counts``.
     """
     from crosstrace.models import load_model
 
@@ -210,10 +220,29 @@ def ablate_run(
                     moved = _shift_norm(shift, masks)
                     rows += [(definition, scope, k, condition, draw, counterfactual, n_target,
                               n_reset, moved, *r) for r in result]  # fmt: skip
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    if units_out is not None:
+        if unit_k is None:
+            raise ConfigError("the unit ablation needs unit_k (analysis.primary_k)")
+        shared = member_masks(source, pmap, ranking, settings, definition=definition,
+                              scope="global", k=unit_k, shapes=shapes)  # fmt: skip
+        unit_rows = unit_ablation_rows(
+            lambda masks: scorer.with_values(targets["reset"], masks)[1], pmap, shapes,
+            {n: shared["bio"][n] & shared["qa"][n] for n in shared["bio"]}, shift,
+            counts=unit_counts or {}, draws=draws, seed=(ablation_seed, run.seed),
+        )  # fmt: skip
+        units = pd.DataFrame(unit_rows, columns=[*UNIT_COLUMNS, "split", "n", "accuracy"])
+        for name, value in (("k_percent", float(unit_k)), ("scope", "global"),
+                            ("definition", definition)):  # fmt: skip
+            units.insert(0, name, value)
+        _write(units, run, units_out)
+    return _write(pd.DataFrame(rows, columns=COLUMNS), run, out_path)
+
+
+def _write(df: pd.DataFrame, run: Run, path: str | os.PathLike[str]) -> pd.DataFrame:
+    """``df`` with the run's columns in front, written atomically to ``path``."""
     df.insert(0, "seed", int(run.seed))
     df.insert(0, "strategy", run.strategy)
     df.insert(0, "model", run.model)
-    with atomic_file(out_path) as tmp:
+    with atomic_file(path) as tmp:
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, compression="zstd")
     return df

@@ -155,6 +155,8 @@ class RunFiles:
     cells: str | os.PathLike[str]
     agreement: str | os.PathLike[str]
     ablation: str | os.PathLike[str] | None = None
+    unit_ablation: str | os.PathLike[str] | None = None
+    people_control: str | os.PathLike[str] | None = None
     consistency: str | os.PathLike[str] | None = None
     by_set: str | os.PathLike[str] | None = None
     representation: str | os.PathLike[str] | None = None
@@ -164,7 +166,14 @@ class RunFiles:
     train_logs: tuple[str | os.PathLike[str], ...] = ()  # every phase's per-step log
 
 
-OPTIONAL_FILES = ("ablation", *CONSISTENCY_FILES, "training_curve", "bio_end_predictions")
+OPTIONAL_FILES = (
+    "ablation",
+    "unit_ablation",
+    "people_control",
+    *CONSISTENCY_FILES,
+    "training_curve",
+    "bio_end_predictions",
+)
 
 
 def _load_run(con: duckdb.DuckDBPyConnection, files: RunFiles) -> None:
@@ -186,6 +195,12 @@ def _load_run(con: duckdb.DuckDBPyConnection, files: RunFiles) -> None:
         con.register("ablation_in", _with_columns(files.ablation, older))
         _run(con, "ablation_load")
         con.unregister("ablation_in")
+    if files.unit_ablation is not None:
+        con.register("unit_ablation_in", pq.read_table(files.unit_ablation))
+        _run(con, "unit_ablation_load")
+        con.unregister("unit_ablation_in")
+    if files.people_control is not None:
+        _run(con, "people_control_load", {"path": str(files.people_control)})
     for path in files.train_logs:
         con.register("train_log_in", _train_log(path))
         _run(con, "compute_load", params)
@@ -251,8 +266,8 @@ def build_database(
             con.execute(_trace_view(trace_root))
             for files in runs:
                 _load_run(con, files)
-            for name in ("overlap", "concentration", "ablation", "consistency", "curve",
-                         "summaries", "contrast_pairs"):  # fmt: skip
+            for name in ("overlap", "people_control", "concentration", "ablation", "unit_ablation",
+                         "consistency", "curve", "summaries", "contrast_pairs"):  # fmt: skip
                 _run(con, name)
             build_contrasts(con)
             con.execute("CHECKPOINT")

@@ -16,12 +16,17 @@ TABLES = (
     "concentration",
     "ablation",
     "ablation_draws",
+    "unit_ablation_draws",
+    "unit_ablation",
     "definition_agreement",
+    "people_control",
     "accuracy_summary",
     "training_curve_summary",
     "overlap_summary",
     "concentration_summary",
     "ablation_summary",
+    "unit_ablation_summary",
+    "people_control_summary",
     "consistency",
     "consistency_by_module",
     "consistency_by_set",
@@ -42,6 +47,8 @@ REPORT_TABLES = (
     "overlap",
     "overlap_summary",
     "ablation_summary",
+    "unit_ablation_summary",
+    "people_control_summary",
     "concentration_summary",
     "definition_agreement",
     "consistency_by_set_summary",
@@ -57,8 +64,10 @@ FIGURES = (
     "shared_by_layer_module",
     "shared_head_heatmap",
     "overlap_vs_k",
+    "people_control",
     "concentration",
     "ablation",
+    "unit_ablation",
     "consistency_vs_step",
     "consistency_by_set",
     "representation",
@@ -79,6 +88,8 @@ RANKING_FILES = {  # crosstrace.rank
 TRAIN_LOG_FILE = "train_log.parquet"  # one row per optimizer step
 PREDICTIONS_FILE = "predictions.parquet"  # crosstrace.evaluate
 ABLATION_FILE = "ablation.parquet"  # crosstrace.ablate
+UNIT_ABLATION_FILE = "unit_ablation.parquet"  # crosstrace.ablate with crosstrace.units
+PEOPLE_CONTROL_FILE = "people_control.parquet"  # crosstrace.people_control
 TRAINING_CONSISTENCY_FILE = "consistency.parquet"  # records written during training
 TRAINING_CURVE_FILE = "training_curve.parquet"  # crosstrace.curve: evaluations during training
 BIO_END_PREDICTIONS_FILE = "bio_end_predictions.parquet"  # θ_BIO of two-stage training

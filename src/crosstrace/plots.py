@@ -6,10 +6,13 @@ Figures (file stem → caption in workflow/report/<stem>.rst):
 - ``shared_by_layer_module``: shared parameters per layer and module, stage vs mix.
 - ``shared_head_heatmap``: layer × head heatmap of shared parameters per attention module.
 - ``overlap_vs_k``: enrichment of the shared set over the stratified null, vs k.
+- ``people_control``: enrichment of BIO ∩ QA on the same people vs on other people.
 - ``concentration``: Gini of the shared set over heads and neurons, next to each task's own.
 - ``ablation``: accuracy drop when shared parameters are reset, vs the matched controls.
+- ``unit_ablation``: accuracy drop when the heads or neurons holding the most shared elements
+  are reset, vs layer-matched random units.
 - ``consistency_vs_step``: cosine of the BIO and QA gradients on the probe batches during
-  training, per module, stage vs mix.
+  training (and of mixed training's own batches), per module, stage vs mix.
 - ``consistency_by_set``: that cosine at θT and of the trace, on the shared set vs a matched
   random set vs every ranked parameter.
 - ``representation``: per layer, the cosine of a person's name-token state in BIO and QA
@@ -38,6 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from crosstrace.atomic import atomic_file
@@ -51,8 +55,10 @@ TITLES = {  # figure stem -> title
     "shared_by_layer_module": "Shared parameters (top-k BIO ∩ top-k QA) per layer and module",
     "shared_head_heatmap": "Shared parameters per layer and head",
     "overlap_vs_k": "Shared parameters vs the stratified null",
+    "people_control": "Overlap of BIO and QA gradients at θT: the same people vs other people",
     "concentration": "Concentration of the shared set, next to each task's own top-k set",
     "ablation": "Accuracy drop when parameters are reset to θ0",
+    "unit_ablation": "Accuracy drop when whole heads or neurons are reset to θ0",
     "consistency_vs_step": "Cosine of the BIO and QA gradients during training (probe batches)",
     "consistency_by_set": (
         "BIO–QA gradient cosine on the shared set, a matched random set and all ranked"
@@ -63,6 +69,16 @@ TITLES = {  # figure stem -> title
 SPLIT_ORDER = ["id", "ood", "bio_id", "bio_ood"]
 FORMATS = ("png", "pdf", "svg")
 CONDITION_ORDER = ["shared", "random", "magnitude", "bio_only", "qa_only"]
+CONSISTENCY_SOURCES = {  # consistency record source -> legend entry
+    "probe_id": "probe, trained people",
+    "probe_ood": "probe, held-out people",
+    "step": "in-step (mixed training's own batches)",
+}
+PEOPLE_PAIRINGS = {
+    "enrichment_same": "same people: BIO(A) ∩ QA(A)",
+    "enrichment_other": "other people: BIO(A) ∩ QA(B)",
+}
+UNIT_SETS = ("most shared", "layer-matched random")
 MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"]
 
 
@@ -75,6 +91,8 @@ def load_tables(source: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
         "shared_counts",
         "overlap",
         "ablation_draws",
+        "unit_ablation_draws",
+        "people_control",
         "concentration",
         "consistency_by_module",
         "consistency_by_set",
@@ -327,6 +345,28 @@ def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
     )
 
 
+def fig_people_control(people: pd.DataFrame) -> plt.Figure:
+    """Enrichment over the stratified null of BIO(A) ∩ QA(A) and BIO(A) ∩ QA(B), global
+    top-k, per k, run and model."""
+    title = TITLES["people_control"]
+    _need(people, "no people control table")
+    d = people[people["scope"] == "global"] if "global" in set(people["scope"]) else people
+    d = d.melt(id_vars=["model", "strategy", "seed", "k_percent"],
+               value_vars=["enrichment_same", "enrichment_other"], var_name="people",
+               value_name="enrichment")  # fmt: skip
+    d["people"] = d["people"].map(PEOPLE_PAIRINGS)
+    d["k"] = d["k_percent"].map(lambda k: f"{k:g}%")
+    g = _grid(d, "bar", x="k", y="enrichment", hue="people",
+              hue_order=list(PEOPLE_PAIRINGS.values()), col="strategy", row="model",
+              col_order=_present(STRATEGIES, d["strategy"]),
+              order=[f"{k:g}%" for k in sorted(d["k_percent"].unique())], height=2.6,
+              aspect=1.3)  # fmt: skip
+    g.set_axis_labels("k (global top-k)", "shared / stratified null")
+    for ax in g.axes.flat:
+        ax.axhline(1, color="k", lw=0.6, ls="--")
+    return _finish(g, f"{title} (BIO of half A; QA of A or of B; 1 = the null)")
+
+
 def fig_concentration(conc: pd.DataFrame, k: float | None) -> plt.Figure:
     title = TITLES["concentration"]
     _need(conc, "no concentration table", k)
@@ -374,6 +414,45 @@ def fig_ablation(draws: pd.DataFrame) -> plt.Figure:
     )
 
 
+def fig_unit_ablation(units: pd.DataFrame, draws: pd.DataFrame) -> plt.Figure:
+    """The top-n units by shared count vs layer-matched random units: the accuracy drop from
+    θT (the ablation's condition ``none``, scored on the same questions)."""
+    title = TITLES["unit_ablation"]
+    _need(units, "no unit ablation results")
+    _need(draws, "no ablation results (θT's accuracy on the ablation questions)")
+    keys = ["model", "strategy", "seed", "split"]
+    base = draws[draws["condition"] == "none"].groupby(keys)["accuracy"].first()
+    d = units.merge(base.rename("accuracy_none").reset_index(), on=keys)
+    d["accuracy_drop"] = d["accuracy_none"] - d["accuracy"]
+    d["run"] = d["model"] + " · " + d["strategy"]
+    d["units"] = d["unit"] + "s, " + d["split"].map({"id": "trained", "ood": "held-out"})
+    d["set"] = d["condition"].map(dict(zip(("top", "random"), UNIT_SETS, strict=True)))
+    d["n"] = d["n_units"].astype(str)
+    cols = [f"{u}s, {p}" for u in ("head", "neuron") for p in ("trained", "held-out")]
+    runs = [f"{m} · {s}" for m in sorted(d["model"].unique()) for s in STRATEGIES]
+    g = sns.FacetGrid(d, row="run", col="units", row_order=_present(runs, d["run"]),
+                      col_order=_present(cols, d["units"]), height=2.4, aspect=1.7,
+                      sharex=False)  # fmt: skip
+    palette = dict(zip(UNIT_SETS, sns.color_palette(n_colors=2), strict=True))
+
+    def bars(data: pd.DataFrame, **_ignored) -> None:  # each panel: its own kind's counts
+        order = [str(n) for n in sorted(data["n_units"].unique())]
+        sns.barplot(data=data, x="n", y="accuracy_drop", hue="set", hue_order=list(UNIT_SETS),
+                    order=order, palette=palette, errorbar="sd", legend=False)  # fmt: skip
+
+    g.map_dataframe(bars)
+    g.add_legend(legend_data={s: Patch(color=c) for s, c in palette.items()}, title="")
+    g.set_axis_labels("units reset", "")
+    g.figure.supylabel("accuracy drop (θT − ablated)")
+    k = d["k_percent"].iloc[0]
+    return _finish(
+        g,
+        f"{title}: most shared (k = {k:g}%, {d['definition'].iloc[0]}) vs layer-matched "
+        "random units (error bars: sd over draws and seeds)",
+        zero_line=True,
+    )
+
+
 def fig_training_curve(curve: pd.DataFrame) -> plt.Figure:
     """QA exact match and bio memorisation at a few points of each phase, over the run's
     steps (two-stage: the BIO stage, then the QA stage)."""
@@ -396,11 +475,12 @@ def fig_training_curve(curve: pd.DataFrame) -> plt.Figure:
 def fig_consistency_vs_step(cons: pd.DataFrame) -> plt.Figure:
     title = TITLES["consistency_vs_step"]
     _need(cons, "no consistency records")
-    d = cons[cons["source"].isin(["probe_id", "probe_ood"])].copy()
-    d["source"] = d["source"].map({"probe_id": "trained people", "probe_ood": "held-out people"})
+    d = cons[cons["source"].isin(list(CONSISTENCY_SOURCES))].copy()
+    d["source"] = d["source"].map(CONSISTENCY_SOURCES)
     g = _by_strategy(d, "line", x="run_step", y="cosine", style="source", col="module",
                      row="model", col_order=_present(MODULE_ORDER, d["module"]), height=2.4,
-                     aspect=1.0)  # fmt: skip
+                     aspect=1.0, style_order=_present(CONSISTENCY_SOURCES.values(),
+                                                      d["source"]))  # fmt: skip
     g.set_axis_labels("", "cos(g_BIO, g_QA)")
     for ax in g.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=3, integer=True, prune="upper"))
@@ -492,8 +572,10 @@ def make_figures(
         "shared_by_layer_module": lambda: fig_shared_layer_module(t["shared_counts"], k),
         "shared_head_heatmap": lambda: fig_head_heatmap(t["shared_counts"], k),
         "overlap_vs_k": lambda: fig_overlap(t["overlap"]),
+        "people_control": lambda: fig_people_control(t["people_control"]),
         "concentration": lambda: fig_concentration(t["concentration"], k),
         "ablation": lambda: fig_ablation(t["ablation_draws"]),
+        "unit_ablation": lambda: fig_unit_ablation(t["unit_ablation_draws"], t["ablation_draws"]),
         "consistency_vs_step": lambda: fig_consistency_vs_step(t["consistency_by_module"]),
         "consistency_by_set": lambda: fig_consistency_by_set(t["consistency_by_set"], k),
         "representation": lambda: fig_representation(t["representation"]),

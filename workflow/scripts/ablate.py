@@ -24,4 +24,7 @@ ablate_run(
     batch_size=snakemake.params.batch_size,
     device=snakemake.params.device,
     update_trace=snakemake.input.get("update_trace"),
+    units_out=snakemake.output.units,
+    unit_counts=snakemake.params.unit_counts,
+    unit_k=snakemake.params.unit_k,
 )

@@ -32,6 +32,15 @@ values AS (
         FROM overlap AS o, settings
         WHERE o.scope = 'global' AND o.definition = settings.d
     ) UNPIVOT (value FOR null_kind IN (stratified, margins, "same-sign", "opposite-sign"))
+    UNION ALL  -- the people control: same-people minus other-people enrichment (stratified)
+    SELECT model, strategy, seed,
+           printf('people control (same − other enrichment), k = %g %%', k_percent), false,
+           enrichment_difference
+    FROM people_control WHERE scope = 'global'
+    UNION ALL  -- unit ablation: the top units' held-out loss beyond layer-matched random units
+    SELECT model, strategy, seed,
+           printf('unit ablation excess, %d %s(s), ood', n_units, unit), false, excess
+    FROM unit_ablation WHERE split = 'ood'
     UNION ALL
     SELECT model, strategy, seed, printf('accuracy, %s', split), false, accuracy
     FROM accuracy

@@ -16,7 +16,9 @@
 -- The global null (every ranked element equally likely, (k/100)^2 of the population) is kept
 -- as expected_shared_global / enrichment_global / chance_fraction_global: gradient scales
 -- differ by orders of magnitude between tensors, so it overstates enrichment.
-CREATE TABLE overlap AS
+-- overlap_of(source): the same for any table with the columns of shared_counts (the people
+-- control's counts use it too).
+CREATE MACRO overlap_of(source) AS TABLE
 WITH strata AS (
     SELECT model, strategy, seed, definition, scope, k_percent, param, module, head,
            sum(n_params)::DOUBLE AS n, sum(n_bio)::DOUBLE AS b, sum(n_qa)::DOUBLE AS q,
@@ -24,7 +26,7 @@ WITH strata AS (
            sum(n_bio_positive)::DOUBLE AS bp, sum(n_qa_positive)::DOUBLE AS qp,
            sum(expected_margins) AS e_margins,
            sum(n_bio::DOUBLE * n_qa / n_params) AS e_cells
-    FROM shared_counts
+    FROM query_table(source)
     GROUP BY ALL
 ),
 runs AS (
@@ -54,5 +56,7 @@ SELECT model, strategy, seed, definition, scope, k_percent, n_ranked, n_bio, n_q
        (k_percent / 100.0) ** 2 AS chance_fraction_global,
        n_shared / n_ranked::DOUBLE AS shared_fraction,
        n_shared / nullif(n_bio + n_qa - n_shared, 0)::DOUBLE AS jaccard
-FROM runs
+FROM runs;
+CREATE TABLE overlap AS
+SELECT * FROM overlap_of('shared_counts')
 ORDER BY model, strategy, seed, definition, scope, k_percent;

@@ -19,6 +19,9 @@ CREATE TABLE shared_counts (
     n_shared BIGINT, n_shared_same_sign BIGINT, n_bio_positive BIGINT, n_qa_positive BIGINT,
     expected_margins DOUBLE
 );
+-- the different-people control (results/runs/…/people_control.parquet): the cells of
+-- crosstrace.people_control, the pairing (same | other people) in place of the definition
+CREATE TABLE people_control_counts AS SELECT * FROM shared_counts WITH NO DATA;
 CREATE TABLE definition_agreement (
     model VARCHAR, strategy VARCHAR, seed BIGINT, scope VARCHAR, k_percent DOUBLE,
     task VARCHAR, definition_a VARCHAR, definition_b VARCHAR, n_a BIGINT, n_b BIGINT,
@@ -43,6 +46,14 @@ CREATE TABLE ablation_draws (
     model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
     k_percent DOUBLE, condition VARCHAR, draw BIGINT, counterfactual VARCHAR, n_target BIGINT,
     n_reset BIGINT, shift_norm DOUBLE, split VARCHAR, n BIGINT, accuracy DOUBLE
+);
+-- whole heads and neurons reset to θ0 (results/runs/…/unit_ablation.parquet): the top n by
+-- shared count and layer-matched random draws of n units, per split
+CREATE TABLE unit_ablation_draws (
+    model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
+    k_percent DOUBLE, unit VARCHAR, n_units BIGINT, condition VARCHAR, draw BIGINT,
+    units VARCHAR, n_same_layer BIGINT, n_shared BIGINT, n_reset BIGINT, shift_norm DOUBLE,
+    split VARCHAR, n BIGINT, accuracy DOUBLE
 );
 -- gradient consistency during training (results/runs/…/consistency.parquet): per record step,
 -- source (step | probe_id | probe_ood) and tensor slice: dot product and squared norms

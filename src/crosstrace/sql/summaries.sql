@@ -58,6 +58,24 @@ SELECT model, strategy, definition, scope, k_percent, condition, counterfactual,
        avg(accuracy_drop) + ci_half(stddev_samp(accuracy_drop), count(*)) AS ci_high,
        avg(accuracy) AS accuracy
 FROM ablation GROUP BY ALL ORDER BY ALL;
+CREATE TABLE unit_ablation_summary AS
+SELECT model, strategy, definition, scope, k_percent, unit, n_units, split, count(*) AS n_seeds,
+       avg(drop_top) AS drop_top, avg(drop_random) AS drop_random, avg(excess) AS excess,
+       avg(excess) - ci_half(stddev_samp(excess), count(*)) AS ci_low,
+       avg(excess) + ci_half(stddev_samp(excess), count(*)) AS ci_high,
+       max(rank_p) AS rank_p_max
+FROM unit_ablation GROUP BY ALL ORDER BY ALL;
+CREATE TABLE people_control_summary AS
+SELECT model, strategy, scope, k_percent, count(*) AS n_seeds,
+       avg(enrichment_same) AS enrichment_same, avg(enrichment_other) AS enrichment_other,
+       avg(enrichment_difference) AS enrichment_difference,
+       avg(enrichment_difference) - ci_half(stddev_samp(enrichment_difference), count(*))
+           AS ci_low,
+       avg(enrichment_difference) + ci_half(stddev_samp(enrichment_difference), count(*))
+           AS ci_high,
+       avg(enrichment_margins_same) AS enrichment_margins_same,
+       avg(enrichment_margins_other) AS enrichment_margins_other
+FROM people_control GROUP BY ALL ORDER BY ALL;
 CREATE TABLE consistency_summary AS
 SELECT model, strategy, phase, step, run_step, source, module, count(*) AS n_seeds,
        avg(cosine) AS cosine, avg(cosine) - ci_half(stddev_samp(cosine), count(*)) AS ci_low,
