@@ -74,7 +74,7 @@ def make_run(root, run: Run, settings=SETTINGS) -> RunFiles:
     pd.DataFrame(units, columns=["condition", "draw", "units", "n_shared", "split", "accuracy"]
                  ).assign(model=run.model, strategy=run.strategy, seed=run.seed,
                           definition="trajectory", scope="global", k_percent=1.0, unit="head",
-                          n_units=1, n_same_layer=1, n_reset=64, shift_norm=1.5, n=4,
+                          n_units=1, n_chosen=1, n_same_layer=1, n_reset=64, shift_norm=1.5, n=4,
                           ).to_parquet(folder / "unit_ablation.parquet")  # fmt: skip
     people = []  # the same people: correlated gradients; other people: independent ones
     for pairing, rho in (("same", 0.8), ("other", 0.0)):

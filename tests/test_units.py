@@ -54,6 +54,8 @@ def test_top_units_take_the_most_shared_and_break_ties_by_index():
     assert top_units(np.array([3, 9, 9, 0, 5]), 2).tolist() == [1, 2]
     assert top_units(np.array([3, 9, 9, 0, 5]), 3).tolist() == [1, 2, 4]
     assert top_units(np.array([1, 1, 1]), 5).tolist() == [0, 1, 2]
+    assert top_units(np.array([0, 4, 0, 2]), 3).tolist() == [1, 3]  # never a unit without any
+    assert top_units(np.zeros(4, dtype=int), 2).tolist() == []
 
 
 def test_random_units_match_layers_and_fill_a_crowded_layer_from_the_rest():
@@ -86,10 +88,10 @@ def test_unit_rows_score_the_top_units_and_layer_matched_draws():
 
     rows = unit_ablation_rows(score, pmap, shapes, shared, shift,
                               counts={"head": [1], "neuron": []}, draws=3, seed=(0, 0))  # fmt: skip
-    df = pd.DataFrame(rows, columns=["unit", "n_units", "condition", "draw", "units",
+    df = pd.DataFrame(rows, columns=["unit", "n_units", "n_chosen", "condition", "draw", "units",
                                      "n_same_layer", "n_shared", "n_reset", "shift_norm",
                                      "split", "n", "accuracy"])  # fmt: skip
-    assert len(df) == (1 + 3) * 2 and len(seen) == 4
+    assert len(df) == (1 + 3) * 2 and len(seen) == 4 and set(df.n_chosen) == {1}
     top = df[df.condition == "top"]
     assert set(top.units) == {"L1.H2"} and (top.n_shared == 2 * 4 * 16).all()
     rnd = df[df.condition == "random"]

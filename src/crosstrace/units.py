@@ -11,10 +11,12 @@ A **neuron** j of layer l owns row j of the up and gate projections (and their b
 column j of the down projection.
 
 Units are ranked by how many elements of the shared set (top-k BIO ∩ top-k QA) they hold
-(ties broken by unit index). The control for the top n units is n random units drawn among
-the others, matched on layer: for each top unit of a layer, one unit of the same layer; a
-layer whose other units run out is filled from the remaining units of any layer, and
-``n_same_layer`` records how many were matched.
+(ties broken by unit index); a unit without any is never among the top, so where fewer than n
+units hold shared elements the top set is smaller (``n_chosen``) and so are its controls. The
+control for the top units is as many random units drawn among the others, matched on layer:
+for each top unit of a layer, one unit of the same layer; a layer whose other units run out is
+filled from the remaining units of any layer, and ``n_same_layer`` records how many were
+matched.
 """
 
 from __future__ import annotations
@@ -109,8 +111,10 @@ def unit_labels(pmap: ParamMap, shapes: Mapping[str, Sequence[int]], kind: str) 
 
 
 def top_units(shared_counts: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` units holding the most shared elements (ties: the lower index first)."""
+    """The ``n`` units holding the most shared elements (ties: the lower index first); only
+    units that hold any, so fewer than ``n`` where fewer hold some."""
     order = np.lexsort((np.arange(len(shared_counts)), -shared_counts))
+    order = order[shared_counts[order] > 0]
     return np.sort(order[: min(n, len(order))])
 
 
@@ -130,8 +134,8 @@ def layer_matched_units(
     return np.sort(np.asarray(chosen, dtype=np.int64)), matched
 
 
-COLUMNS = ["unit", "n_units", "condition", "draw", "units", "n_same_layer", "n_shared",
-           "n_reset", "shift_norm"]  # fmt: skip
+COLUMNS = ["unit", "n_units", "n_chosen", "condition", "draw", "units", "n_same_layer",
+           "n_shared", "n_reset", "shift_norm"]  # fmt: skip
 Score = Callable[[Masks], list[tuple]]  # masks -> rows (split, n, accuracy)
 
 
@@ -157,6 +161,8 @@ def unit_ablation_rows(
         held = units.counts(shared)
         for n in counts[kind]:
             top = top_units(held, n)
+            if not len(top):  # no unit of this kind holds a shared element
+                continue
             picks = [("top", 0, top, len(top))]
             for draw in range(draws):
                 rng = np.random.default_rng([*seed, 0x0417, kind_index, int(n), draw])
@@ -167,7 +173,7 @@ def unit_ablation_rows(
                                           for p, m in masks.items())))  # fmt: skip
                 n_reset = sum(int(m.sum()) for m in masks.values())
                 names = ",".join(units.name(int(u)) for u in chosen)
-                head = (kind, int(n), condition, draw, names, int(same), int(held[chosen].sum()),
-                        n_reset, moved)  # fmt: skip
+                head = (kind, int(n), len(top), condition, draw, names, int(same),
+                        int(held[chosen].sum()), n_reset, moved)  # fmt: skip
                 rows += [(*head, *r) for r in score(masks)]
     return rows

@@ -51,7 +51,8 @@ CREATE TABLE ablation_draws (
 -- shared count and layer-matched random draws of n units, per split
 CREATE TABLE unit_ablation_draws (
     model VARCHAR, strategy VARCHAR, seed BIGINT, definition VARCHAR, scope VARCHAR,
-    k_percent DOUBLE, unit VARCHAR, n_units BIGINT, condition VARCHAR, draw BIGINT,
+    k_percent DOUBLE, unit VARCHAR, n_units BIGINT, n_chosen BIGINT, condition VARCHAR,
+    draw BIGINT,
     units VARCHAR, n_same_layer BIGINT, n_shared BIGINT, n_reset BIGINT, shift_norm DOUBLE,
     split VARCHAR, n BIGINT, accuracy DOUBLE
 );
