@@ -404,11 +404,13 @@ def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
     ],
 )
 def test_changing_the_ranking_reruns_ranking_and_what_follows(ci_run, tmp_path, overlay):
-    """k_percent and rank_modules belong to the ranking: training and the dump stay."""
+    """k_percent, rank_modules and rank_scope belong to the ranking: training and the dump
+    stay. The endpoint job reruns too: its different-people control is ranked with them."""
     path = tmp_path / "rank.yaml"
     path.write_text(overlay)
     runs = 2 * 2
     assert dry_run(ci_run, "config/ci.yaml", str(path)) == Counter(
+        endpoint_trace=runs,
         rank=runs,
         ablate=runs,
         consistency=runs,
