@@ -49,7 +49,7 @@ from crosstrace.rank import (
 from crosstrace.runs import Run
 from crosstrace.tracefile import TASKS, TraceFile
 from crosstrace.units import COLUMNS as UNIT_COLUMNS
-from crosstrace.units import unit_ablation_rows
+from crosstrace.units import shift_norm, unit_ablation_rows
 
 CONDITIONS = ("none", "shared", *CONTROLS)
 SPLITS = ("id", "ood")
@@ -99,11 +99,6 @@ def _removes(condition: str, draw: int, scope: str) -> bool:
     """Whether a set also gets the removal counterfactuals: the shared set and the first draw
     of the random and magnitude-matched controls, in the global scope."""
     return scope == "global" and draw == 0 and condition in ("shared", "random", "magnitude")
-
-
-def _shift_norm(shift: dict[str, np.ndarray], masks: Masks) -> float:
-    """‖θT − θ0‖ over the elements of a set: how far training moved what is reset."""
-    return float(np.sqrt(sum(float(np.square(shift[n][m]).sum()) for n, m in masks.items())))
 
 
 class _Scorer:
@@ -217,7 +212,7 @@ def ablate_run(
                     if counterfactual != "reset" and not _removes(condition, draw, scope):
                         continue
                     n_reset, result = scorer.with_values(values, masks)
-                    moved = _shift_norm(shift, masks)
+                    moved = shift_norm(shift, masks)
                     rows += [(definition, scope, k, condition, draw, counterfactual, n_target,
                               n_reset, moved, *r) for r in result]  # fmt: skip
     if units_out is not None:

@@ -110,6 +110,11 @@ def unit_labels(pmap: ParamMap, shapes: Mapping[str, Sequence[int]], kind: str) 
     return UnitLabels(kind, per_layer, n_layers, labels)
 
 
+def shift_norm(shift: Mapping[str, np.ndarray], masks: Masks) -> float:
+    """‖θT − θ0‖ over the elements of a set: how far training moved what a reset undoes."""
+    return float(np.sqrt(sum(float(np.square(shift[n][m]).sum()) for n, m in masks.items())))
+
+
 def top_units(shared_counts: np.ndarray, n: int) -> np.ndarray:
     """The ``n`` units holding the most shared elements (ties: the lower index first); only
     units that hold any, so fewer than ``n`` where fewer hold some."""
@@ -169,8 +174,7 @@ def unit_ablation_rows(
                 picks.append(("random", draw, *layer_matched_units(units, top, rng)))
             for condition, draw, chosen, same in picks:
                 masks = units.masks(chosen, shapes)
-                moved = float(np.sqrt(sum(float(np.square(shift[p][m]).sum())
-                                          for p, m in masks.items())))  # fmt: skip
+                moved = shift_norm(shift, masks)
                 n_reset = sum(int(m.sum()) for m in masks.values())
                 names = ",".join(units.name(int(u)) for u in chosen)
                 head = (kind, int(n), len(top), condition, draw, names, int(same),
