@@ -28,6 +28,7 @@ from crosstrace.outputs import (
     TRAINING_CONSISTENCY_FILE,
     TRAINING_CURVE_FILE,
     BIO_END_PREDICTIONS_FILE,
+    BIO_END_REPRESENTATION_FILE,
     UNIT_ABLATION_FILE,
     PEOPLE_CONTROL_FILE,
 )
@@ -94,7 +95,11 @@ def trace_params():
 def consistency_params():
     """Gradient consistency during training (crosstrace.consistency)."""
     a = config["analysis"]
-    return {"every": a["consistency_every"], "probe_people": a["probe_people"]}
+    return {
+        "every": a["consistency_every"],
+        "probe_people": a["probe_people"],
+        "bio_values": a["probe_bio_values"],
+    }
 
 
 def curve_params():
@@ -278,7 +283,10 @@ def run_files(model, strategy, seed):
         "people_control": os.path.join(folder, PEOPLE_CONTROL_FILE),
         **consistency_files(model, strategy, seed),
         "training_curve": os.path.join(folder, TRAINING_CURVE_FILE),
-        "bio_end_predictions": bio_end_predictions(model, strategy, seed),
+        "bio_end_predictions": bio_end_file(model, strategy, seed, BIO_END_PREDICTIONS_FILE),
+        "bio_end_representation": bio_end_file(
+            model, strategy, seed, BIO_END_REPRESENTATION_FILE
+        ),
         "train_logs": train_logs(model, strategy, seed),
     }
 
@@ -293,11 +301,11 @@ def train_logs(model, strategy, seed):
     return logs
 
 
-def bio_end_predictions(model, strategy, seed):
-    """θ_BIO's predictions of a two-stage run; None for mix."""
+def bio_end_file(model, strategy, seed, name):
+    """A file of θ_BIO's evaluation of a two-stage run; None for mix."""
     if strategy != "stage":
         return None
-    return os.path.join(run_dir(model, "stage", seed), BIO_END_PREDICTIONS_FILE)
+    return os.path.join(run_dir(model, "stage", seed), name)
 
 
 def all_run_inputs():
@@ -310,8 +318,11 @@ def all_run_inputs():
             files["people_control"],
             *files["train_logs"][-1:],
         ]
-        if files["bio_end_predictions"] is not None:
-            out.append(files["bio_end_predictions"])
+        out += [
+            files[what]
+            for what in ("bio_end_predictions", "bio_end_representation")
+            if files[what] is not None
+        ]
     return out
 
 

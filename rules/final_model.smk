@@ -28,6 +28,7 @@ rule consistency:
         },
         settings=rank_settings(),
         probe_people=config["analysis"]["probe_people"],
+        probe_bio_values=config["analysis"]["probe_bio_values"],
         ablation_seed=config["analysis"]["ablation_seed"],
         device=config["device"],
     script:

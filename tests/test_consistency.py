@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from crosstrace.batches import StepPlan, training_examples
+from crosstrace.batches import IGNORE, StepPlan, tokenize_bio_values, training_examples
 from crosstrace.consistency import Slicer, records_at, records_every
-from crosstrace.errors import ConfigError
+from crosstrace.errors import ConfigError, InputDataError
 from crosstrace.loss import supervised_loss_sum, task_coefficients
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.param_map import ParamMap
-from crosstrace.probes import build_probes, probe_people
+from crosstrace.probes import build_probes, probe_gradients, probe_people, value_spans
 from crosstrace.representation import (
     answer_logprob,
     last_token_states,
@@ -118,7 +118,7 @@ def test_consistency_rows_and_resume(base, world, tmp_path, monkeypatch):
 
     training = {"lr": 1e-3, "batch_size": 10, "mix_epochs": 2, "qa_ratio": 0.5,
                 "qa_loss_weight": 0.6, "checkpoint_every": 100}  # fmt: skip
-    cons = {"every": 2, "probe_people": 4}
+    cons = {"every": 2, "probe_people": 4, "bio_values": True}
 
     def run(tag):
         out = tmp_path / tag
@@ -131,7 +131,8 @@ def test_consistency_rows_and_resume(base, world, tmp_path, monkeypatch):
     a = run("full")
     total = int(a["step"].max())
     assert sorted(a["step"].unique()) == sorted({*range(0, total, 2), total})
-    assert set(a["source"]) == {"step", "probe_id", "probe_ood"}
+    assert set(a["source"]) == {"step", "probe_id", "probe_ood", "probe_id_values",
+                                "probe_ood_values"}  # fmt: skip
     assert not a[a.source == "step"]["step"].isin([total]).any()  # the final weights: probes
 
     real_step, calls = train_module.optimizer_step, []
@@ -149,6 +150,48 @@ def test_consistency_rows_and_resume(base, world, tmp_path, monkeypatch):
     assert not (tmp_path / "resumed" / "consistency.parquet").exists()
     b = run("resumed")  # resumes from the checkpoint written at step 3
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_value_probes_target_the_attribute_values_only(base, world):
+    """The targets are the value words, counted from the text before each span; the QA
+    gradient is the plain probe's; the BIO gradient is the mean loss over those positions."""
+    model, tokenizer = load_model(base)
+    bos = bos_id(model, tokenizer)
+    bio, qa = read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet")
+    probes = build_probes(bio, qa, tokenizer, 3, bos, values=True)
+    ids = probes.people["probe_ood"]
+    bios = bio[bio["person_id"].isin(ids)].sort_values("person_id", kind="stable")
+    ex = probes.examples["probe_ood"]["bio_values"]
+
+    def n_words(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    positions = []
+    for (_, row), labels in zip(bios.iterrows(), ex.labels, strict=True):
+        expected = set()
+        for start, end in value_spans(row.to_frame().T)[0]:
+            first = 1 + n_words(row["text"][:start])  # after BOS
+            expected |= set(range(first, first + n_words(row["text"][start:end])))
+        assert set(np.flatnonzero(labels != IGNORE)) == expected
+        assert labels[-1] == IGNORE and labels[1] == IGNORE  # not the EOS, not the name
+        positions.append(sorted(expected))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = {s: (b, q) for s, b, q in probe_gradients(model, params, probes, 0)}
+    assert list(grads) == ["probe_id", "probe_id_values", "probe_ood", "probe_ood_values"]
+    for plain, values in zip(grads["probe_ood"][1], grads["probe_ood_values"][1], strict=True):
+        assert torch.equal(plain, values)
+    logp_sum, count = 0.0, 0  # independent: full logits, then the chosen positions
+    for seq, pos in zip(ex.input_ids, positions, strict=True):
+        x = torch.from_numpy(seq)[None]
+        logp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
+        for t in pos:
+            logp_sum = logp_sum + logp[t - 1, int(seq[t])]
+            count += 1
+    expected = torch.autograd.grad(-logp_sum / count, params)
+    for got, want in zip(grads["probe_ood_values"][0], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(InputDataError, match="spans"):
+        tokenize_bio_values(bios["text"].tolist(), np.zeros((1, 6, 2)), tokenizer, bos)
 
 
 def test_representation_of_identical_contexts_is_one(base, world):

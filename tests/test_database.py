@@ -85,9 +85,19 @@ def make_run(root, run: Run, settings=SETTINGS) -> RunFiles:
                                    seed=run.seed))  # fmt: skip
     pd.concat(people).to_parquet(folder / "people_control.parquet")
     preds = folder / "predictions.parquet"
+    bio_end = None
+    if run.strategy == "stage":  # θ_BIO's name-token states: cosine 0.6 (other person 0.2)
+        bio_end = folder / "bio_end_representation.parquet"
+        pd.DataFrame(
+            [(m, layer, "birth_city", "ood", v, b, 4) for layer in (0, 1)
+             for m, v, b in (("cosine", 0.6, 0.2), ("transfer", 0.5, 0.25),
+                             ("train_accuracy", 1.0, 0.25))],
+            columns=["measure", "layer", "attribute", "split", "value", "baseline", "n"],
+        ).to_parquet(bio_end)  # fmt: skip
     return RunFiles(run, preds, **outs, ablation=folder / "ablation.parquet",
                     unit_ablation=folder / "unit_ablation.parquet",
-                    people_control=folder / "people_control.parquet")  # fmt: skip
+                    people_control=folder / "people_control.parquet",
+                    bio_end_representation=bio_end)  # fmt: skip
 
 
 @pytest.fixture
@@ -109,7 +119,7 @@ def test_tables_are_filled_and_exported(built):
             or "consistency" in name
             or name.startswith(("training_", "contrast"))  # no mix/stage pair of one model here
         )  # not given here
-        assert n > 0 or optional or name.startswith(("representation", "token")), name
+        assert n > 0 or optional or name.startswith("token"), name
         assert len(pd.read_parquet(tmp / "results" / "tables" / f"{name}.parquet")) == n
     acc = con.execute(
         "SELECT split, n, correct, accuracy FROM accuracy "
@@ -125,6 +135,21 @@ def test_tables_are_filled_and_exported(built):
     assert {s for _, s in conc} == {"shared", "bio", "qa", "null"}
     heads = shared_by_head_query(con, 1.0)
     assert set(heads["module"]) == {"attn.q", "attn.k", "attn.v", "attn.o"}
+
+
+def test_theta_bio_representation_is_a_checkpoint_of_its_own(built):
+    tmp, _ = built
+    con = connect(tmp / "results" / "crosstrace.duckdb")
+    rows = con.execute("SELECT DISTINCT model, strategy, checkpoint FROM representation").fetchall()
+    assert rows == [("gpt_neox", "stage", "bio_end")]
+    summary = dict(
+        con.execute(
+            "SELECT measure, value FROM representation_summary "
+            "WHERE checkpoint = 'bio_end' AND layer = 1"
+        ).fetchall()
+    )
+    assert summary["cosine_minus_other_person"] == pytest.approx(0.4)
+    assert summary["transfer_over_train_accuracy"] == pytest.approx(0.5)
 
 
 def test_ablation_averages_draws(built):
@@ -245,13 +270,14 @@ def test_a_missing_input_names_the_run(built):
 
 def test_summary_prints_every_headline_table(built, capsys):
     from crosstrace import cli
-    from crosstrace.headline import headline_queries
+    from crosstrace.headline import headline_queries, without_interval
 
     tmp, _ = built
     assert cli.main(["summary", str(tmp / "results" / "crosstrace.duckdb")]) == 0
     out = capsys.readouterr().out
-    for caption, _sql in headline_queries():
-        assert f"**{caption}**" in out
+    one_seed = pd.DataFrame({"seeds": [1]})
+    for caption, _sql in headline_queries():  # as it is, or saying a one-seed table has no CI
+        assert f"**{caption}**" in out or f"**{without_interval(caption, one_seed)[0]}**" in out
     # llama mix, ID: seeds 0 and 1 give 0.75 and 1.0: the mean and its t interval
     half = 12.706 * np.std([0.75, 1.0], ddof=1) / np.sqrt(2)
     row = f"| llama | mix | θT | id | 2 | 0.875 [{0.875 - half:.3f}, {0.875 + half:.3f}] |"

@@ -92,7 +92,7 @@ def consistency_table(last_step: int) -> pd.DataFrame:
         for module, step, source in itertools.product(
             MODULES[model],
             range(0, last_step + 1, last_step // 10),
-            ("probe_id", "probe_ood", "step"),
+            ("probe_id", "probe_ood", "probe_ood_values", "step"),
         ):
             if source != "step" or strategy == "mix":  # in-step records: mixed batches only
                 rows.append((model, strategy, 0, step, source, module, 0.1))
@@ -124,6 +124,7 @@ def test_consistency_vs_step_is_readable_and_says_neox_has_no_gate(last_step):
     assert labels and not overlapping(labels)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "in-step (mixed training's own batches)" in legend  # the whole of training, a curve
+    assert "probe, held-out people, BIO loss on values" in legend
     xlabels = [ax.xaxis.label.get_window_extent(renderer) for ax in grid if ax.get_xlabel()]
     assert not overlapping(xlabels)
 
@@ -171,6 +172,27 @@ def test_head_heatmap_has_one_colour_bar_and_readable_titles():
     assert fig.axes[-1].get_ylabel() == "shared parameters"
     assert all(ax.title.get_fontsize() >= 10 for ax in panels)
     assert panels[0].get_title() == "llama_tiny · mix · attn.q"
+
+
+def test_representation_draws_theta_bio_beside_the_final_models():
+    rows = [
+        (model, strategy, checkpoint, 0, measure, layer, "birth_city", "ood", value, 0.2)
+        for model in MODELS
+        for strategy, checkpoint, value in (("mix", "final", 0.9), ("stage", "final", 0.5),
+                                            ("stage", "bio_end", 0.3))
+        for measure in ("cosine", "transfer", "train_accuracy")
+        for layer in range(3)
+    ]  # fmt: skip
+    columns = ["model", "strategy", "checkpoint", "seed", "measure", "layer", "attribute",
+               "split", "value", "baseline"]  # fmt: skip
+    rep = pd.DataFrame(rows, columns=columns)
+    fig = plots.fig_representation(rep)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"stage", "mix", plots.BIO_END} <= set(legend)
+    cosine = next(ax for ax in fig.axes if ax.get_title().endswith("cosine BIO vs QA state"))
+    heights = sorted({round(float(y), 3) for line in cosine.lines for y in line.get_ydata()})
+    assert {0.3, 0.5, 0.9} <= set(heights)  # θ_BIO's own line, not merged into stage's
+    assert "θ_BIO" in fig._suptitle.get_text()
 
 
 def test_every_facet_title_has_one_style():

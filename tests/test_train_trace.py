@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from crosstrace.batches import IGNORE, StepPlan, training_examples
-from crosstrace.errors import ConfigError
+from crosstrace.errors import ConfigError, CrosstraceError
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.optim import warmup_cosine
 from crosstrace.step import optimizer_step
 from crosstrace.tracefile import kind_path, load_trace
 from crosstrace.train import train_run
 from crosstrace.training_config import TrainingConfig
-from crosstrace.world import read_bio, read_qa, synthesize_world
+from crosstrace.world import read_bio, read_people, read_qa, synthesize_world
 
 TINY = {
     "llama": {
@@ -310,14 +310,20 @@ def test_every_evaluation_prompt_starts_with_bos(base: Path, world: Path) -> Non
 
 
 def test_bio_first_token_rows_match_a_reference(base: Path, world: Path, tmp_path: Path) -> None:
-    """bio_id / bio_ood rows: argmax after the bio prefix, checked one bio at a time."""
+    """bio_id / bio_ood rows: argmax after the bio prefix, checked one bio at a time; the
+    checkpoint's representation tables beside them are the module's own on that model."""
     from crosstrace.evaluate import evaluate_run, summarize
+    from crosstrace.representation import representation_tables
 
     final, _ = run(base, world, tmp_path, "mix", {**SGD, "optimizer": "adamw", "lr": 3e-3})
-    out = tmp_path / "pred.parquet"
+    out, rep_out = tmp_path / "pred.parquet", tmp_path / "representation.parquet"
+    with pytest.raises(CrosstraceError, match="needs the bios"):
+        evaluate_run(final, world / "qa.parquet", out, representation_out=rep_out)
+    assert not out.exists() and not rep_out.exists()
     acc = evaluate_run(
-        final, world / "qa.parquet", out, bio_path=world / "bio.parquet", batch_size=8
-    )
+        final, world / "qa.parquet", out, bio_path=world / "bio.parquet", batch_size=8,
+        representation_out=rep_out,
+    )  # fmt: skip
     assert {"id", "ood", "bio_id", "bio_ood"} <= set(acc)
     pred = pd.read_parquet(out)
     rows = pred[pred["split"].str.startswith("bio")]
@@ -333,6 +339,9 @@ def test_bio_first_token_rows_match_a_reference(base: Path, world: Path, tmp_pat
         logits = model(input_ids=torch.as_tensor([[bos, *prefix]])).logits[0, -1]
         assert bool(logits.argmax() == value[0]) == r.exact_match == r.first_token_correct
     assert set(summarize(pred)["split"]) == {"id", "ood", "bio_id", "bio_ood"}
+    reference = representation_tables(model, tokenizer, read_people(world / "people.parquet"),
+                                      bio, qa, bos)  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_parquet(rep_out), reference)
 
 
 def test_trace_identity_stage(base: Path, world: Path, tmp_path: Path) -> None:

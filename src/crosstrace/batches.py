@@ -85,6 +85,41 @@ def tokenize_bio(
     return Examples("bio", ids, labels)
 
 
+def tokenize_bio_values(
+    texts: list[str],
+    spans: np.ndarray,
+    tokenizer: PreTrainedTokenizerBase,
+    bos_id: int | None = None,
+) -> Examples:
+    """BIO examples whose loss covers only the attribute values: the tokens inside the
+    character spans ``spans`` ([n_texts, n_spans, 2] of start, end) are targets; the name,
+    the template words and the EOS are not. The ids are :func:`tokenize_bio`'s."""
+    if spans.ndim != 3 or spans.shape[0] != len(texts) or spans.shape[2] != 2:
+        raise InputDataError(
+            f"value spans of shape {tuple(spans.shape)} do not match {len(texts)} bios"
+        )
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    _no_unknown(encoded["input_ids"], texts, tokenizer)
+    eos = tokenizer.eos_token_id
+    start = [] if bos_id is None else [bos_id]
+    ids, labels = [], []
+    for seq, offsets, text_spans in zip(
+        encoded["input_ids"], encoded["offset_mapping"], spans, strict=True
+    ):
+        full = np.asarray([*start, *seq, eos], dtype=np.int64)
+        begin = np.asarray([o[0] for o in offsets], dtype=np.int64)
+        end = np.asarray([o[1] for o in offsets], dtype=np.int64)
+        inside = np.zeros(len(seq), dtype=bool)
+        for lo, hi in text_spans:
+            inside |= (begin >= lo) & (end <= hi) & (end > begin)
+        lab = np.full_like(full, IGNORE)
+        where = np.flatnonzero(inside) + len(start)
+        lab[where] = full[where]
+        ids.append(full)
+        labels.append(lab)
+    return Examples("bio", ids, labels)
+
+
 def tokenize_qa(
     questions: list[str],
     answers: list[str],

@@ -31,7 +31,7 @@ import torch
 
 from crosstrace.errors import ConfigError
 from crosstrace.param_map import MODULES, NO_HEAD, ParamMap
-from crosstrace.probes import SOURCES as PROBE_SOURCES
+from crosstrace.probes import ALL_SOURCES as PROBE_SOURCES
 from crosstrace.probes import Probes, probe_gradients
 from crosstrace.rank import stratum_codes
 

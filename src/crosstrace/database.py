@@ -163,6 +163,7 @@ class RunFiles:
     token_dependence: str | os.PathLike[str] | None = None
     training_curve: str | os.PathLike[str] | None = None
     bio_end_predictions: str | os.PathLike[str] | None = None  # θ_BIO (two-stage runs)
+    bio_end_representation: str | os.PathLike[str] | None = None  # θ_BIO's name-token states
     train_logs: tuple[str | os.PathLike[str], ...] = ()  # every phase's per-step log
 
 
@@ -173,6 +174,7 @@ OPTIONAL_FILES = (
     *CONSISTENCY_FILES,
     "training_curve",
     "bio_end_predictions",
+    "bio_end_representation",
 )
 
 
@@ -212,6 +214,9 @@ def _load_run(con: duckdb.DuckDBPyConnection, files: RunFiles) -> None:
         _run(con, "consistency_load", {**params, **{k: str(v) for k, v in paths.items()}})
     elif any(p is not None for p in paths.values()):
         raise InputDataError(f"run {files.run}: give all of {CONSISTENCY_FILES} or none")
+    if files.bio_end_representation is not None:
+        _run(con, "bio_end_representation_load",
+             {**params, "path": str(files.bio_end_representation)})  # fmt: skip
 
 
 def build_database(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from crosstrace.models import (
     load_model,
     trained_precision,
 )
-from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target, read_bio, read_qa
+from crosstrace.representation import representation_tables
+from crosstrace.world import ATTRIBUTES, qa_prompt, qa_target, read_bio, read_people, read_qa
 
 SPLIT_NAMES = {"train": "id", "test": "ood"}
 _SPACE = re.compile(r"\s+")
@@ -195,12 +197,18 @@ def evaluate_run(
     batch_size: int = 1024,
     max_new_tokens: int = 12,
     device: str = "auto",
+    representation_out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Predict every QA row with the model in ``model_dir``; write predictions to Parquet.
 
     With ``bio_path``, the memorisation diagnostic (:func:`bio_first_token`) adds rows of
-    split ``bio_id`` / ``bio_ood``.
+    split ``bio_id`` / ``bio_ood``. With ``representation_out`` (and ``bio_path``, beside
+    which people.parquet lies), also the name-token representation tables of
+    ``crosstrace.representation`` at this checkpoint (θ_BIO: what the BIO stage stored
+    before any QA training), written once both are computed.
     """
+    if representation_out is not None and bio_path is None:
+        raise CrosstraceError("the representation of a checkpoint needs the bios (bio_path)")
     model, tokenizer = load_model(model_dir, resolve_device(device))
     check_world(model, qa_path, f"the model folder {model_dir}")
     qa = read_qa(qa_path)
@@ -218,6 +226,12 @@ def evaluate_run(
                 model, tokenizer, read_bio(bio_path), qa, batch_size=max(1, batch_size // 4)
             )
             predictions = pd.concat([predictions, memorised], ignore_index=True)
+        if representation_out is not None:
+            data = Path(bio_path).parent
+            represented = representation_tables(
+                model, tokenizer, read_people(data / "people.parquet"), read_bio(bio_path), qa,
+                bos_id(model, tokenizer),
+            )  # fmt: skip
     except torch.cuda.OutOfMemoryError as exc:
         n = count_parameters(model)
         raise CrosstraceError(
@@ -226,6 +240,9 @@ def evaluate_run(
             "Lower evaluation.batch_size, or use a GPU with more memory."
         ) from exc
     predictions["precision"] = trained_precision(model)
+    if representation_out is not None:
+        with atomic_file(representation_out) as tmp:
+            represented.to_parquet(tmp, index=False)
     with atomic_file(out_path) as tmp:
         predictions.to_parquet(tmp, index=False)
     table = summarize(predictions)

@@ -124,6 +124,7 @@ def analyse_final_model(
     run: Run,
     settings: RankSettings,
     probe_people: int,
+    probe_bio_values: bool = False,
     seed: int = 0,
     device: str = "auto",
 ) -> dict[str, pd.DataFrame]:
@@ -140,7 +141,7 @@ def analyse_final_model(
     bio, qa = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
     people = read_people(data / "people.parquet")
     bos = bos_id(model, tokenizer)
-    probes = build_probes(bio, qa, tokenizer, probe_people, bos)
+    probes = build_probes(bio, qa, tokenizer, probe_people, bos, values=probe_bio_values)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     sources = {d: TraceFile(traces[d], what=f"{run} {d} trace") for d in settings.definitions}
     tables = {

@@ -93,6 +93,7 @@ PEOPLE_CONTROL_FILE = "people_control.parquet"  # crosstrace.people_control
 TRAINING_CONSISTENCY_FILE = "consistency.parquet"  # records written during training
 TRAINING_CURVE_FILE = "training_curve.parquet"  # crosstrace.curve: evaluations during training
 BIO_END_PREDICTIONS_FILE = "bio_end_predictions.parquet"  # θ_BIO of two-stage training
+BIO_END_REPRESENTATION_FILE = "bio_end_representation.parquet"  # θ_BIO's name-token states
 FINAL_MODEL_FILES = {  # crosstrace.final_model: analyses of θT
     "by_set": "consistency_by_set.parquet",
     "representation": "representation.parquet",

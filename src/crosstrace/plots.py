@@ -69,9 +69,12 @@ TITLES = {  # figure stem -> title
 SPLIT_ORDER = ["id", "ood", "bio_id", "bio_ood"]
 FORMATS = ("png", "pdf", "svg")
 CONDITION_ORDER = ["shared", "random", "magnitude", "bio_only", "qa_only"]
+BIO_END = "stage θ_BIO"  # two-stage training's BIO checkpoint, drawn beside the strategies
 CONSISTENCY_SOURCES = {  # consistency record source -> legend entry
     "probe_id": "probe, trained people",
     "probe_ood": "probe, held-out people",
+    "probe_id_values": "probe, trained people, BIO loss on values",
+    "probe_ood_values": "probe, held-out people, BIO loss on values",
     "step": "in-step (mixed training's own batches)",
 }
 PEOPLE_PAIRINGS = {
@@ -167,9 +170,18 @@ def _grid(d: pd.DataFrame, kind: str, **facets) -> sns.FacetGrid:
     return sns.relplot(data=d, kind="line", **facets)
 
 
+def _bio_end_as_strategy(d: pd.DataFrame) -> pd.DataFrame:
+    """Rows of two-stage training's θ_BIO (``checkpoint`` bio_end) as a strategy of their own,
+    beside the final models."""
+    d = d.copy()
+    if "checkpoint" in d:
+        d["strategy"] = d["strategy"].where(d["checkpoint"] != "bio_end", BIO_END)
+    return d
+
+
 def _by_strategy(d: pd.DataFrame, kind: str, **facets) -> sns.FacetGrid:
-    """:func:`_grid` with the strategies as colours, in one order."""
-    order = _present(STRATEGIES, d["strategy"])
+    """:func:`_grid` with the strategies (and θ_BIO, where present) as colours, in one order."""
+    order = _present([*STRATEGIES, BIO_END], d["strategy"])
     return _grid(d, kind, hue="strategy", hue_order=order, **facets)
 
 
@@ -242,14 +254,12 @@ def fig_accuracy(acc: pd.DataFrame) -> plt.Figure:
     each attribute value, teacher-forced); every bar carries its value, so 0 is seen."""
     title = TITLES["accuracy"]
     _need(acc, "no predictions in the accuracy table")
-    d = acc[acc["attribute"] == "all"].copy()
-    if "checkpoint" in d:  # two-stage training's θ_BIO beside the final models
-        d["strategy"] = d["strategy"].where(d["checkpoint"] != "bio_end", "stage θ_BIO")
+    d = _bio_end_as_strategy(acc[acc["attribute"] == "all"])
     d["measure"] = d["split"].map(lambda s: MEASURES[s][0])
     d["people"] = d["split"].map(lambda s: MEASURES[s][1])
     rows = [m for m in dict.fromkeys(v[0] for v in MEASURES.values()) if m in set(d["measure"])]
     g = _grid(d, "bar", x="strategy", y="accuracy", hue="people", col="model", row="measure",
-              order=_present(["mix", "stage θ_BIO", "stage"], d["strategy"]), row_order=rows,
+              order=_present(["mix", BIO_END, "stage"], d["strategy"]), row_order=rows,
               hue_order=["QA trained", "held out (OOD)"], height=2.6, aspect=1.3)  # fmt: skip
     g.set(ylim=(0, 1.15))
     g.set_axis_labels("training strategy", "accuracy")
@@ -508,6 +518,7 @@ def fig_consistency_by_set(by_set: pd.DataFrame, k: float | None) -> plt.Figure:
 def fig_representation(rep: pd.DataFrame) -> plt.Figure:
     title = TITLES["representation"]
     _need(rep, "no representation table")
+    rep = _bio_end_as_strategy(rep)
     cos = rep[rep["measure"] == "cosine"]
     cos = cos.groupby(["model", "strategy", "seed", "layer", "split"], as_index=False)[
         ["value", "baseline"]
@@ -533,7 +544,8 @@ def fig_representation(rep: pd.DataFrame) -> plt.Figure:
     g.set_axis_labels("layer (0 = embeddings)", "")
     for ax in g.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish(g, f"{title} (held-out people)")
+    before_qa = "; stage θ_BIO: before the QA stage" if (rep["strategy"] == BIO_END).any() else ""
+    return _finish(g, f"{title} (held-out people{before_qa})")
 
 
 def fig_token_dependence(td: pd.DataFrame) -> plt.Figure:

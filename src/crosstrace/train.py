@@ -73,7 +73,7 @@ class TrainJob:
     checkpoint_dir: str | None = None  # default: <out_dir>.checkpoints
     progress: bool = True
     max_steps: int | None = None  # stop early (the lr schedule still spans the phase)
-    consistency: dict[str, int] | None = None  # {"every": steps, "probe_people": n}
+    consistency: dict[str, int | bool] | None = None  # {"every", "probe_people", "bio_values"}
     consistency_out: str | None = None
     init_consistency: str | None = None  # rows to continue (the BIO stage's)
     curve: dict[str, int] | None = None  # {"points": per phase, "people": per split}
@@ -130,8 +130,8 @@ def train_run(
     training continues the BIO stage's trace). Resumes from the newest complete checkpoint
     in ``checkpoint_dir`` (default: ``<out_dir>.checkpoints``) written by the same settings.
     ``max_steps`` stops early (the lr schedule still spans the whole phase), for tests.
-    ``consistency`` ({"every": steps, "probe_people": n}) records gradient consistency
-    (``crosstrace.consistency``) into ``consistency_out``, after the rows of
+    ``consistency`` ({"every": steps, "probe_people": n, "bio_values": bool}) records
+    gradient consistency (``crosstrace.consistency``) into ``consistency_out``, after the rows of
     ``init_consistency`` (the BIO stage's, for the QA stage of two-stage training).
     ``curve`` ({"points": n, "people": n}) evaluates memorisation and recall during training
     (``crosstrace.curve``) into ``curve_out``, after the rows of ``init_curve``.
@@ -359,7 +359,14 @@ def _consistency_hook(job, rank, layout, model, copy, tracer, data_parts) -> Con
         recorder = ConsistencyRecorder(
             copy if copy is not None else model,
             ParamMap(model.config),
-            probes=build_probes(bio_df, qa_df, tokenizer, n_people, bos),
+            probes=build_probes(
+                bio_df,
+                qa_df,
+                tokenizer,
+                n_people,
+                bos,
+                values=bool(job.consistency.get("bio_values", False)),
+            ),
             pad_id=tokenizer.pad_token_id,
             phase=job.phase,
         )

@@ -1,4 +1,5 @@
-"""Adapter: QA predictions of one run (rules/evaluate.smk)."""
+"""Adapter: QA predictions of one run, or of θ_BIO with its representation tables
+(rules/evaluate.smk)."""
 
 from crosstrace.joblog import start_job
 
@@ -14,4 +15,5 @@ evaluate_run(
     batch_size=snakemake.params.batch_size,
     max_new_tokens=snakemake.params.max_new_tokens,
     device=snakemake.params.device,
+    representation_out=snakemake.output.get("representation"),
 )

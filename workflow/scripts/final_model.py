@@ -21,6 +21,7 @@ analyse_final_model(
     run=Run(**snakemake.params.run),
     settings=settings,
     probe_people=snakemake.params.probe_people,
+    probe_bio_values=snakemake.params.probe_bio_values,
     seed=snakemake.params.ablation_seed,
     device=snakemake.params.device,
 )

@@ -8,7 +8,7 @@ SELECT $model, $strategy, $seed, definition, scope, k_percent, "set", source, n_
        norm_bio, norm_qa, n_sign_agree, cosine
 FROM read_parquet($by_set);
 INSERT INTO representation
-SELECT $model, $strategy, $seed, measure, layer, attribute, split, value, baseline, n
+SELECT $model, $strategy, $seed, measure, layer, attribute, split, value, baseline, n, 'final'
 FROM read_parquet($representation);
 INSERT INTO token_dependence
 SELECT $model, $strategy, $seed, person_id, attribute, position, token_class, token, logp, delta

@@ -68,9 +68,11 @@ CREATE TABLE consistency_by_set (
     k_percent DOUBLE, "set" VARCHAR, source VARCHAR, n_elements BIGINT, dot DOUBLE,
     norm_bio DOUBLE, norm_qa DOUBLE, n_sign_agree BIGINT, cosine DOUBLE
 );
+-- checkpoint: final (θT) | bio_end (θ_BIO, two-stage training's BIO checkpoint)
 CREATE TABLE representation (
     model VARCHAR, strategy VARCHAR, seed BIGINT, measure VARCHAR, layer INTEGER,
-    attribute VARCHAR, split VARCHAR, value DOUBLE, baseline DOUBLE, n BIGINT
+    attribute VARCHAR, split VARCHAR, value DOUBLE, baseline DOUBLE, n BIGINT,
+    checkpoint VARCHAR
 );
 CREATE TABLE token_dependence (
     model VARCHAR, strategy VARCHAR, seed BIGINT, person_id INTEGER, attribute VARCHAR,

@@ -80,11 +80,12 @@ CREATE TABLE consistency_summary AS
 SELECT model, strategy, phase, step, run_step, source, module, count(*) AS n_seeds,
        avg(cosine) AS cosine, avg(cosine) - ci_half(stddev_samp(cosine), count(*)) AS ci_low,
        avg(cosine) + ci_half(stddev_samp(cosine), count(*)) AS ci_high,
-       avg(sign_agreement) AS sign_agreement
+       avg(sign_agreement) AS sign_agreement, avg(grad_norm_bio) AS grad_norm_bio,
+       avg(grad_norm_qa) AS grad_norm_qa
 FROM consistency_by_module GROUP BY ALL ORDER BY ALL;
 CREATE TABLE representation_summary AS
 WITH measured AS (
-    SELECT model, strategy, seed, measure, layer, split, avg(value) AS value,
+    SELECT model, strategy, checkpoint, seed, measure, layer, split, avg(value) AS value,
            avg(baseline) AS baseline
     FROM representation GROUP BY ALL
 ),
@@ -92,16 +93,18 @@ per_run AS (  -- with the two derived measures: the cosine beyond another person
               -- probe's transfer relative to its own training accuracy
     SELECT * FROM measured
     UNION ALL
-    SELECT model, strategy, seed, 'cosine_minus_other_person', layer, split,
+    SELECT model, strategy, checkpoint, seed, 'cosine_minus_other_person', layer, split,
            value - baseline, 0.0
     FROM measured WHERE measure = 'cosine'
     UNION ALL
-    SELECT t.model, t.strategy, t.seed, 'transfer_over_train_accuracy', t.layer, t.split,
-           t.value / nullif(a.value, 0), NULL
-    FROM measured AS t JOIN measured AS a USING (model, strategy, seed, layer, split)
+    SELECT t.model, t.strategy, t.checkpoint, t.seed, 'transfer_over_train_accuracy', t.layer,
+           t.split, t.value / nullif(a.value, 0), NULL
+    FROM measured AS t
+    JOIN measured AS a USING (model, strategy, checkpoint, seed, layer, split)
     WHERE t.measure = 'transfer' AND a.measure = 'train_accuracy'
 )
-SELECT model, strategy, measure, layer, split, count(*) AS n_seeds, avg(value) AS value,
+SELECT model, strategy, checkpoint, measure, layer, split, count(*) AS n_seeds,
+       avg(value) AS value,
        avg(value) - ci_half(stddev_samp(value), count(*)) AS ci_low,
        avg(value) + ci_half(stddev_samp(value), count(*)) AS ci_high,
        avg(baseline) AS baseline
@@ -119,5 +122,6 @@ CREATE TABLE consistency_by_set_summary AS
 SELECT model, strategy, definition, scope, k_percent, "set", source, count(*) AS n_seeds,
        avg(cosine) AS cosine, avg(cosine) - ci_half(stddev_samp(cosine), count(*)) AS ci_low,
        avg(cosine) + ci_half(stddev_samp(cosine), count(*)) AS ci_high,
-       avg(n_sign_agree::DOUBLE / nullif(n_elements, 0)) AS sign_agreement
+       avg(n_sign_agree::DOUBLE / nullif(n_elements, 0)) AS sign_agreement,
+       avg(sqrt(norm_bio)) AS grad_norm_bio, avg(sqrt(norm_qa)) AS grad_norm_qa
 FROM consistency_by_set GROUP BY ALL ORDER BY ALL;

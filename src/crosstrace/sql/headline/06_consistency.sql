@@ -1,7 +1,8 @@
--- Cosine of the BIO and QA gradients over all parameters on the fixed probe batches (people whose QA was trained / held out), at the first and the last record of each run
+-- Cosine of the BIO and QA gradients over all parameters on the fixed probe batches (people whose QA was trained / held out; *_values: the BIO loss on the attribute values only), at the first and the last record of each run, with the two gradients' L2 norms at the last record
 WITH per_record AS (
     SELECT model, strategy, seed, phase, step, source,
-           sum(dot) / nullif(sqrt(sum(norm_bio) * sum(norm_qa)), 0) AS cosine
+           sum(dot) / nullif(sqrt(sum(norm_bio) * sum(norm_qa)), 0) AS cosine,
+           sqrt(sum(norm_bio)) AS grad_norm_bio, sqrt(sum(norm_qa)) AS grad_norm_qa
     FROM consistency WHERE source <> 'step' GROUP BY ALL
 ), ordered AS (
     SELECT *, row_number() OVER w_first AS first_rank, row_number() OVER w_last AS last_rank
@@ -20,7 +21,9 @@ SELECT model, strategy, source, count(*) FILTER (WHERE last_rank = 1) AS seeds,
                      avg(cosine) FILTER (WHERE last_rank = 1)
                          + ci_half(stddev_samp(cosine) FILTER (WHERE last_rank = 1),
                                    count(*) FILTER (WHERE last_rank = 1)),
-                     3) AS "last [95 % CI]"
+                     3) AS "last [95 % CI]",
+       round(avg(grad_norm_bio) FILTER (WHERE last_rank = 1), 4) AS "last |g_bio|",
+       round(avg(grad_norm_qa) FILTER (WHERE last_rank = 1), 4) AS "last |g_qa|"
 FROM ordered
 GROUP BY ALL
 ORDER BY model, source, strategy;
