@@ -31,6 +31,7 @@ from crosstrace.outputs import (
     BIO_END_REPRESENTATION_FILE,
     UNIT_ABLATION_FILE,
     PEOPLE_CONTROL_FILE,
+    PEOPLE_TRACE_FILE,
 )
 from crosstrace.training_config import phase_training, trace_section
 

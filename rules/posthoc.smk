@@ -1,13 +1,13 @@
 rule endpoint_trace:
     """The endpoint definition of Δ: each task's mean-loss gradient at θT (no trajectory); and
-    the different-people control: BIO of half the trained people against the QA of the same
-    half and of the other half, ranked like the traces."""
+    the gradients of the different-people control: BIO of half the trained people, and the QA
+    of the same half and of the other half (ranked by the rank rule)."""
     input:
         unpack(world_files),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
         trace=run_file(TRACE_FILES["endpoint"]),
-        people=run_file(PEOPLE_CONTROL_FILE),
+        people=run_file(PEOPLE_TRACE_FILE),
     log:
         res("logs/endpoint_trace/{model}/{strategy}/seed{seed}.log"),
     benchmark:
@@ -25,7 +25,6 @@ rule endpoint_trace:
             "strategy": wc.strategy,
             "seed": int(wc.seed),
         },
-        settings=rank_settings(),
         batch_size=config["training"]["batch_size"],
         device=config["device"],
     script:

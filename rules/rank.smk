@@ -1,10 +1,13 @@
 rule rank:
-    """Top-k sets of one run: thresholds, per-tensor and per-cell counts (the one definition)."""
+    """Top-k sets of one run: thresholds, per-tensor and per-cell counts (the one definition);
+    and the different-people control's two pairings, ranked the same way."""
     input:
         unpack(rank_traces),
+        people_trace=run_file(PEOPLE_TRACE_FILE),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
         **ranking_files("{model}", "{strategy}", "{seed}"),
+        people_control=run_file(PEOPLE_CONTROL_FILE),
     log:
         res("logs/rank/{model}/{strategy}/seed{seed}.log"),
     benchmark:

@@ -1,5 +1,5 @@
-"""The different-people control: two disjoint halves of the trained people, and both pairings
-ranked like the traces, with BIO(A) the same in both."""
+"""The different-people control: two disjoint halves of the trained people, their gradients as
+a trace file, and both pairings ranked like the traces, with BIO(A) the same in both."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ import pandas as pd
 import pytest
 
 from crosstrace.config import section_defaults
+from crosstrace.errors import InputDataError
 from crosstrace.models import build_base
-from crosstrace.people_control import people_control, people_halves
+from crosstrace.people_control import (
+    PEOPLE_TASKS,
+    people_gradients,
+    people_halves,
+    rank_people_control,
+)
 from crosstrace.rank import RankSettings
 from crosstrace.runs import Run
+from crosstrace.tracefile import TraceFile, load_trace, save_trace
 from crosstrace.world import read_qa, synthesize_world
 
 SETTINGS = RankSettings(
@@ -44,9 +51,12 @@ def test_halves_are_disjoint_equal_trained_people_fixed_per_seed(world):
 
 
 def test_both_pairings_are_ranked_with_the_same_bio_half(world, tmp_path):
-    out = tmp_path / "people_control.parquet"
-    df = people_control(world / "base", world / "data", out, run=Run("neox_tiny", "mix", 0),
-                        settings=SETTINGS, batch_size=16, device="cpu")  # fmt: skip
+    trace, out = tmp_path / "people_trace.safetensors", tmp_path / "people_control.parquet"
+    people_gradients(world / "base", world / "data", trace, run_seed=0, batch_size=16,
+                     device="cpu")  # fmt: skip
+    assert sorted(TraceFile(trace).tasks) == sorted(PEOPLE_TASKS)
+    run = Run("neox_tiny", "mix", 0)
+    df = rank_people_control(trace, world / "base", out, run=run, settings=SETTINGS)
     back = pd.read_parquet(out)
     assert len(back) == len(df) and set(back["pairing"]) == {"same", "other"}
     assert set(back["definition"]) == {"endpoint"} and set(back["model"]) == {"neox_tiny"}
@@ -57,3 +67,21 @@ def test_both_pairings_are_ranked_with_the_same_bio_half(world, tmp_path):
     assert (same["n_bio"] == other["n_bio"]).all()  # BIO(A) in both pairings
     assert not (same["n_qa"] == other["n_qa"]).all()  # QA(A) and QA(B) differ
     assert (same["n_shared"] <= same[["n_bio", "n_qa"]].min(axis=1)).all()
+
+
+def test_a_trace_without_the_halves_is_refused(world, tmp_path):
+    grads = load_trace_like(world, tmp_path)
+    bad = tmp_path / "bad.safetensors"
+    save_trace(bad, {"bio": grads["bio_a"], "qa": grads["qa_a"]})
+    out = tmp_path / "people_control.parquet"
+    with pytest.raises(InputDataError, match="not a people-control trace"):
+        rank_people_control(bad, world / "base", out, run=Run("neox_tiny", "mix", 0),
+                            settings=SETTINGS)  # fmt: skip
+    assert not out.exists()
+
+
+def load_trace_like(world, tmp_path):
+    trace = tmp_path / "people_trace.safetensors"
+    people_gradients(world / "base", world / "data", trace, run_seed=1, batch_size=16,
+                     device="cpu")  # fmt: skip
+    return load_trace(trace)

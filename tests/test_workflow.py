@@ -324,6 +324,9 @@ def test_outputs_land_where_the_contract_says(ci_run):
         "runs/neox_tiny/stage/seed0/ranking.parquet",
         "runs/neox_tiny/stage/seed0/ranking_cells.parquet",
         "runs/llama_tiny/mix/seed0/endpoint_trace.safetensors",
+        "runs/llama_tiny/mix/seed0/people_trace.safetensors",
+        "runs/llama_tiny/mix/seed0/people_control.parquet",
+        "runs/llama_tiny/stage/seed0/bio_end_representation.parquet",
         "tables/accuracy.parquet",
         "tables/ablation.parquet",
         "crosstrace.duckdb",
@@ -404,13 +407,12 @@ def test_adding_a_model_adds_only_its_jobs(ci_run, tmp_path):
     ],
 )
 def test_changing_the_ranking_reruns_ranking_and_what_follows(ci_run, tmp_path, overlay):
-    """k_percent, rank_modules and rank_scope belong to the ranking: training and the dump
-    stay. The endpoint job reruns too: its different-people control is ranked with them."""
+    """k_percent, rank_modules and rank_scope belong to the ranking: training, the dump and
+    the endpoint gradients (with the different-people control's) stay."""
     path = tmp_path / "rank.yaml"
     path.write_text(overlay)
     runs = 2 * 2
     assert dry_run(ci_run, "config/ci.yaml", str(path)) == Counter(
-        endpoint_trace=runs,
         rank=runs,
         ablate=runs,
         consistency=runs,

@@ -5,8 +5,11 @@ an overlap of the BIO and QA top-k sets may come from what the two tasks share b
 facts (templates, names as tokens, the scale of rows and columns). This control splits the
 people whose QA was trained into two random halves A and B (fixed per world seed and run seed)
 and takes, at θT, the gradient of the mean token loss of three example sets: the bios of A,
-the QA pairs of A and the QA pairs of B. It then ranks two pairs exactly as the ranking stage
-ranks a trace (``crosstrace.rank``: same modules, scopes, k and cells):
+the QA pairs of A and the QA pairs of B (:func:`people_gradients`, a GPU job beside the
+endpoint trace, written as a trace file with tasks ``bio_a``, ``qa_a``, ``qa_b``). The ranking
+stage then ranks two pairs exactly as it ranks a trace (:func:`rank_people_control`;
+``crosstrace.rank``: same modules, scopes, k and cells), so a change of k or of the ranked
+modules reranks without taking the gradients again:
 
 - ``same``: BIO(A) with QA(A), the same people;
 - ``other``: BIO(A) with QA(B), other people, the same templates and attributes.
@@ -37,10 +40,11 @@ from crosstrace.models import bos_id, check_world, load_model
 from crosstrace.param_map import ParamMap
 from crosstrace.rank import RankSettings, rank_traces
 from crosstrace.runs import Run
-from crosstrace.tracefile import TraceDict
+from crosstrace.tracefile import TraceFile, TraceSource, save_trace
 from crosstrace.world import read_bio, read_qa
 
-PAIRINGS = ("same", "other")
+PAIRINGS = {"same": "qa_a", "other": "qa_b"}  # pairing -> the QA half BIO(A) is ranked with
+PEOPLE_TASKS = ("bio_a", "qa_a", "qa_b")  # the tasks of the people-control trace file
 HALVES_SEED = 0x9E0B1E  # with the run's seed: which trained people fall in half A
 
 
@@ -55,25 +59,24 @@ def people_halves(qa: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(shuffled[:half]), np.sort(shuffled[half : 2 * half])
 
 
-def people_control(
+def people_gradients(
     model_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
-    run: Run,
-    settings: RankSettings,
+    run_seed: int,
     batch_size: int = 64,
     device: str = "auto",
-) -> pd.DataFrame:
-    """Write (atomically) and return the per-cell counts of both pairings (``pairing``,
-    then the columns of the ranking stage's cells table, definition ``endpoint``)."""
+) -> None:
+    """Write (atomically) the gradients at θT of BIO(A), QA(A) and QA(B) as a trace file
+    (tasks ``PEOPLE_TASKS``; the halves of :func:`people_halves` for ``run_seed``)."""
     dev = resolve_device(device)
     model, tokenizer = load_model(model_dir, dev)
     model.eval()
     data = Path(data_dir)
     check_world(model, data / "qa.parquet", f"the model folder {model_dir}")
     bio, qa = read_bio(data / "bio.parquet"), read_qa(data / "qa.parquet")
-    half_a, half_b = people_halves(qa, run.seed)
+    half_a, half_b = people_halves(qa, run_seed)
     bos = bos_id(model, tokenizer)
     train_qa = qa[qa["split"] == "train"]
 
@@ -89,16 +92,49 @@ def people_control(
     }
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = {}
-    for key, ex in examples.items():
+    for task, ex in examples.items():
         g = mean_loss_gradient(model, [p for _, p in named], ex, tokenizer.pad_token_id,
                                batch_size=batch_size, amp=autocast_dtype(dev))  # fmt: skip
-        grads[key] = {n: t.cpu() for (n, _), t in zip(named, g, strict=True)}
+        grads[task] = {n: t.cpu() for (n, _), t in zip(named, g, strict=True)}
+    save_trace(out_path, grads, {"mode": "people_control", "run_seed": str(int(run_seed))})
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """One pairing of the people-control trace as the ranking stage reads a trace: ``bio``
+    is BIO(A), ``qa`` the QA half ``qa_task``."""
+
+    source: TraceSource
+    qa_task: str
+
+    @property
+    def shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        return {"bio": self.source.shapes["bio_a"], "qa": self.source.shapes[self.qa_task]}
+
+    def get(self, task: str, param: str) -> np.ndarray:
+        return self.source.get({"bio": "bio_a", "qa": self.qa_task}[task], param)
+
+
+def rank_people_control(
+    trace_path: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    run: Run,
+    settings: RankSettings,
+) -> pd.DataFrame:
+    """Write (atomically) and return the per-cell counts of both pairings (``pairing``,
+    then the columns of the ranking stage's cells table, definition ``endpoint``)."""
+    source = TraceFile(trace_path, what=f"{run} people-control trace")
+    missing = [t for t in PEOPLE_TASKS if t not in source.shapes]
+    if missing:
+        raise InputDataError(f"{trace_path} has no {missing}: not a people-control trace")
     endpoint = dataclasses.replace(settings, definitions=("endpoint",), primary="endpoint")
-    pmap = ParamMap(model.config)
+    pmap = ParamMap(model_dir)
     parts = []
-    for pairing, qa_key in zip(PAIRINGS, ("qa_a", "qa_b"), strict=True):
-        source = TraceDict({"bio": grads["bio_a"], "qa": grads[qa_key]})
-        cells = rank_traces({"endpoint": source}, pmap, endpoint, run=run)["cells"]
+    for pairing, qa_task in PAIRINGS.items():
+        cells = rank_traces({"endpoint": Pairing(source, qa_task)}, pmap, endpoint, run=run)
+        cells = cells["cells"]
         cells.insert(0, "pairing", pairing)
         parts.append(cells)
     df = pd.concat(parts, ignore_index=True)

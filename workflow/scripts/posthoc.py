@@ -1,5 +1,5 @@
-"""Adapter: the endpoint gradient of each task at θT for one run, and the different-people
-control (rules/posthoc.smk)."""
+"""Adapter: the endpoint gradient of each task at θT for one run, and the gradients of the
+different-people control (rules/posthoc.smk)."""
 
 from crosstrace.joblog import start_job
 
@@ -7,10 +7,8 @@ start_job(snakemake.log[0], snakemake.threads)
 
 import os  # noqa: E402
 
-from crosstrace.people_control import people_control  # noqa: E402
+from crosstrace.people_control import people_gradients  # noqa: E402
 from crosstrace.posthoc import posthoc_trace  # noqa: E402
-from crosstrace.rank import RankSettings  # noqa: E402
-from crosstrace.runs import Run  # noqa: E402
 
 posthoc_trace(
     snakemake.input.model,
@@ -20,12 +18,11 @@ posthoc_trace(
     device=snakemake.params.device,
     progress=True,
 )
-people_control(
+people_gradients(
     snakemake.input.model,
     os.path.dirname(snakemake.input.bio),
     snakemake.output.people,
-    run=Run(**snakemake.params.run),
-    settings=RankSettings(**snakemake.params.settings),
+    run_seed=snakemake.params.run["seed"],
     batch_size=snakemake.params.batch_size,
     device=snakemake.params.device,
 )
