@@ -278,6 +278,14 @@ def test_summary_prints_every_headline_table(built, capsys):
     one_seed = pd.DataFrame({"seeds": [1]})
     for caption, _sql in headline_queries():  # as it is, or saying a one-seed table has no CI
         assert f"**{caption}**" in out or f"**{without_interval(caption, one_seed)[0]}**" in out
+    width = None  # a "|" inside a header or a cell would split its column
+    for line in out.splitlines():
+        if not line.startswith("|"):
+            width = None
+        elif width is None:  # a table's header
+            width, header = line.count("|"), line
+        else:
+            assert line.count("|") == width, (header, line)
     # llama mix, ID: seeds 0 and 1 give 0.75 and 1.0: the mean and its t interval
     half = 12.706 * np.std([0.75, 1.0], ddof=1) / np.sqrt(2)
     row = f"| llama | mix | θT | id | 2 | 0.875 [{0.875 - half:.3f}, {0.875 + half:.3f}] |"

@@ -22,8 +22,8 @@ SELECT model, strategy, source, count(*) FILTER (WHERE last_rank = 1) AS seeds,
                          + ci_half(stddev_samp(cosine) FILTER (WHERE last_rank = 1),
                                    count(*) FILTER (WHERE last_rank = 1)),
                      3) AS "last [95 % CI]",
-       round(avg(grad_norm_bio) FILTER (WHERE last_rank = 1), 4) AS "last |g_bio|",
-       round(avg(grad_norm_qa) FILTER (WHERE last_rank = 1), 4) AS "last |g_qa|"
+       round(avg(grad_norm_bio) FILTER (WHERE last_rank = 1), 4) AS "last ‖g_bio‖",
+       round(avg(grad_norm_qa) FILTER (WHERE last_rank = 1), 4) AS "last ‖g_qa‖"
 FROM ordered
 GROUP BY ALL
 ORDER BY model, source, strategy;
