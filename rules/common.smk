@@ -284,7 +284,9 @@ def run_files(model, strategy, seed):
         "people_control": os.path.join(folder, PEOPLE_CONTROL_FILE),
         **consistency_files(model, strategy, seed),
         "training_curve": os.path.join(folder, TRAINING_CURVE_FILE),
-        "bio_end_predictions": bio_end_file(model, strategy, seed, BIO_END_PREDICTIONS_FILE),
+        "bio_end_predictions": bio_end_file(
+            model, strategy, seed, BIO_END_PREDICTIONS_FILE
+        ),
         "bio_end_representation": bio_end_file(
             model, strategy, seed, BIO_END_REPRESENTATION_FILE
         ),

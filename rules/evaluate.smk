@@ -28,13 +28,16 @@ rule evaluate:
 rule evaluate_bio_end:
     """The same evaluation of θ_BIO, the end of two-stage training's BIO stage: how well its
     bios are memorised before any QA training (and its QA accuracy, near 0), and the
-    name-token representation tables of θ_BIO (what the final-model analysis measures at θT)."""
+    name-token representation tables of θ_BIO (what the final-model analysis measures at θT).
+    """
     input:
         unpack(world_files),
         model=res("runs/{model}/stage/seed{seed}/bio"),
     output:
         predictions=res(f"runs/{{model}}/stage/seed{{seed}}/{BIO_END_PREDICTIONS_FILE}"),
-        representation=res(f"runs/{{model}}/stage/seed{{seed}}/{BIO_END_REPRESENTATION_FILE}"),
+        representation=res(
+            f"runs/{{model}}/stage/seed{{seed}}/{BIO_END_REPRESENTATION_FILE}"
+        ),
     log:
         res("logs/evaluate_bio_end/{model}/seed{seed}.log"),
     benchmark:
