@@ -212,6 +212,7 @@ def evaluate_run(
     model, tokenizer = load_model(model_dir, resolve_device(device))
     check_world(model, qa_path, f"the model folder {model_dir}")
     qa = read_qa(qa_path)
+    bio = read_bio(bio_path) if bio_path is not None else None
     try:
         predictions = predict(
             model,
@@ -221,15 +222,15 @@ def evaluate_run(
             max_new_tokens=max_new_tokens,
             progress=True,
         )
-        if bio_path is not None:
+        if bio is not None:
             memorised = bio_first_token(
-                model, tokenizer, read_bio(bio_path), qa, batch_size=max(1, batch_size // 4)
+                model, tokenizer, bio, qa, batch_size=max(1, batch_size // 4)
             )
             predictions = pd.concat([predictions, memorised], ignore_index=True)
         if representation_out is not None:
             data = Path(bio_path).parent
             represented = representation_tables(
-                model, tokenizer, read_people(data / "people.parquet"), read_bio(bio_path), qa,
+                model, tokenizer, read_people(data / "people.parquet"), bio, qa,
                 bos_id(model, tokenizer),
             )  # fmt: skip
     except torch.cuda.OutOfMemoryError as exc:
