@@ -70,10 +70,14 @@ def ci_run(tmp_path_factory) -> Path:
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``-n 2 --dist loadgroup``, the default): the tests of one module run
     in one worker, so its module fixtures (trained runs) are built once; the modules that use
-    the CI study (``ci_run``) share one worker, so the study runs once per test session."""
+    the CI study (``ci_run``) share one worker, so the study runs once per test session. A
+    test that names its own ``xdist_group`` keeps it (long tests that share no fixture can
+    so run beside the rest of their module)."""
     import pytest
 
     for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
         uses_study = "ci_run" in getattr(item, "fixturenames", ())
         group = "ci_study" if uses_study or item.module.__name__ == "test_slurm" else None
         item.add_marker(pytest.mark.xdist_group(group or item.module.__name__))

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "crosstrace"
 # Bottom to top. A module may import from its own layer (without a circle) and from below.
 LAYERS = {
     "ground": [
-        "errors", "atomic", "outputs", "runs", "config", "devices", "templates", "param_map",
-        "joblog", "tracefile", "world", "tokenizer", "cluster",
+        "errors", "choices", "atomic", "outputs", "runs", "config", "devices", "templates",
+        "param_map", "joblog", "tracefile", "world", "tokenizer", "cluster",
     ],
     "data and parallelism": [
         "batches", "distributed", "checkpoint", "preemption", "optim", "training_config",
@@ -106,3 +106,25 @@ def test_no_function_is_longer_than_a_screen_and_a_half() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert not long, "\n".join(long)
+
+
+def test_parsing_the_workflow_does_not_import_torch() -> None:
+    """Snakemake parses the Snakefile for every command and again inside every cluster job;
+    the crosstrace modules it imports stay torch-free (importing torch costs seconds)."""
+    import re
+    import subprocess
+    import sys
+
+    workflow = PACKAGE.parents[1]
+    sources = [workflow / "Snakefile", *sorted((workflow / "rules").glob("*.smk"))]
+    names = sorted(
+        {
+            m
+            for p in sources
+            for m in re.findall(r"^\s*from (crosstrace\.\w+) import", p.read_text(), re.M)
+        }
+    )
+    assert "crosstrace.training_config" in names and "crosstrace.config" in names
+    code = f"import sys; import {', '.join(names)}; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False", f"importing {names} imports torch"

@@ -62,6 +62,9 @@ SGD = {
     "warmup_ratio": 0.2,
 }
 PHASES = {"mix": ["mix"], "stage": ["bio", "qa"]}
+# The tests that launch whole training jobs as processes share no trained run with the rest:
+# under pytest-xdist they run as a group of their own, beside the rest of this module.
+LAUNCHES = pytest.mark.xdist_group("test_distributed_launches")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -310,7 +313,7 @@ RESUME_CONFIG = {
     "training": {
         "optimizer": "adamw",
         "batch_size": 8,
-        "mix_epochs": 12,
+        "mix_epochs": 2,  # 48 steps; the signal comes soon after the checkpoint of step 10
         "checkpoint_every": 5,
         "distributed": "ddp",
         "nproc": 2,
@@ -350,6 +353,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@LAUNCHES
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigterm_to_all_ranks_resumes_exactly(tmp_path: Path, world: Path, bases, mode) -> None:
     """SIGTERM to the launcher and both workers: all stop at one step and checkpoint (DDP:
@@ -481,6 +485,7 @@ def test_training_rules_ask_for_nproc_gpus(tmp_path: Path) -> None:
         assert f"gpu={gpus}," in train, train
 
 
+@LAUNCHES
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_training_rule_runs_on_two_gloo_processes(tmp_path: Path, mode: str) -> None:
     """`--configfile config/ci.yaml config/ci_ddp.yaml` (and the same with fsdp): the train
@@ -543,6 +548,7 @@ def test_two_ranks_record_the_same_gradient_consistency(
     assert np.all(flips <= 0.01 * one["n_elements"].to_numpy() + 1)
 
 
+@LAUNCHES
 def test_processes_started_by_torchrun_join_directly(tmp_path: Path, world: Path, bases) -> None:
     """The multi-node recipe's entry: `torchrun … -m crosstrace.cli train` (here one node,
     rendezvous on localhost) trains in the workers themselves, bitwise like the launcher."""

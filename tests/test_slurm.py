@@ -1,6 +1,6 @@
 """The CI study through a real SLURM (`snakemake --profile slurm` plus the CI overlay).
 
-.ci/start-slurm starts a single-node localhost cluster with a stand-in GPU; .ci/run always
+.ci/start-slurm starts a single-node localhost cluster with two stand-in GPUs; .ci/run always
 starts it before pytest, so in CI these tests run. Elsewhere they skip unless `sinfo` answers.
 """
 
@@ -37,23 +37,34 @@ if _REASON:
     pytestmark.append(pytest.mark.skip(reason=_REASON))
 
 
+# The CI study through SLURM on one architecture: every rule is submitted (per-run rules once
+# per strategy), and the runs it shares with the local CI study must come out identical.
+ONE_MODEL = "llama_tiny"
+ONE_MODEL_OVERLAY = "config/ci_one_model.yaml"
+
+
+def _one_model_study(root: Path) -> tuple[str, ...]:
+    (root / ONE_MODEL_OVERLAY).write_text(
+        "models:\n  neox_tiny: null  # a null entry drops a model\n"
+    )
+    return ("--configfile", "config/ci.yaml", ONE_MODEL_OVERLAY)
+
+
+def _copy_study(src: Path, dest: Path) -> Path:
+    """A finished study elsewhere: results and Snakemake's records, modification times kept."""
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("log"))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def slurm_run(tmp_path_factory):
     root = copy_workflow(tmp_path_factory.mktemp("ci-slurm") / "repo")
     t0 = time.perf_counter()
-    proc = snakemake(
-        "--profile",
-        "slurm",
-        "--profile",
-        "profiles/slurm-ci",
-        "--configfile",
-        "config/ci.yaml",
-        cwd=root,
-        timeout=2400,
-    )
+    proc = snakemake("--profile", "slurm", "--profile", "profiles/slurm-ci",
+                     *_one_model_study(root), cwd=root, timeout=2400)  # fmt: skip
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-6000:]
-    print(f"\nSLURM CI-config run: {seconds:.0f} s")
+    print(f"\nSLURM CI-config run ({ONE_MODEL}): {seconds:.0f} s")
     return root, proc.stdout
 
 
@@ -116,6 +127,8 @@ def test_gpu_jobs_fell_back_to_the_cpu(slurm_run):
 
 def _frame(root: Path, path: str) -> pd.DataFrame:
     frame = pd.read_parquet(root / path)
+    if "model" in frame.columns:  # the local study has both architectures
+        frame = frame[frame["model"] == ONE_MODEL]
     for col in frame.columns:  # list columns (query_heads) as tuples, so that they sort
         if frame[col].dtype == object and frame[col].map(lambda v: hasattr(v, "tolist")).any():
             frame[col] = frame[col].map(lambda v: tuple(v.tolist()) if v is not None else None)
@@ -129,19 +142,21 @@ def _frame(root: Path, path: str) -> pd.DataFrame:
         "results/tables/accuracy.parquet",
         "results/tables/shared_counts.parquet",
         "results/runs/llama_tiny/stage/seed0/predictions.parquet",
-        "results/runs/neox_tiny/mix/seed0/predictions.parquet",
+        "results/runs/llama_tiny/mix/seed0/predictions.parquet",
     ],
 )
 def test_outputs_match_a_local_run(slurm_run, ci_run, path):
     root, _ = slurm_run
-    pd.testing.assert_frame_equal(_frame(root, path), _frame(ci_run, path))
+    ours = _frame(root, path)
+    assert len(ours) > 0
+    pd.testing.assert_frame_equal(ours, _frame(ci_run, path))
 
 
 @pytest.mark.parametrize(
     "path",
     [
         "results/runs/llama_tiny/stage/seed0/trace.safetensors",
-        "results/runs/neox_tiny/mix/seed0/trace.safetensors",
+        "results/runs/llama_tiny/mix/seed0/trace.safetensors",
     ],
 )
 def test_traces_are_bitwise_equal_to_a_local_run(slurm_run, ci_run, path):
@@ -157,16 +172,19 @@ def test_traces_are_bitwise_equal_to_a_local_run(slurm_run, ci_run, path):
 
 
 DDP_TARGET = "results/runs/llama_tiny/mix/seed0/trace.safetensors"
-DDP_CONFIG = ("--configfile", "config/ci.yaml", "config/ci_ddp.yaml", "--until", "train")
+DDP_OVERLAY = ("config/ci_ddp.yaml", "--until", "train")
 
 
-def test_distributed_training_rule_through_slurm(tmp_path):
-    """config/ci_ddp.yaml: the train job (no GPU asked, device cpu) starts 2 gloo workers
-    inside its SLURM allocation; its trace is bitwise the one of the same rule run locally."""
-    root = copy_workflow(tmp_path / "slurm" / "repo")
-    proc = snakemake("--profile", "slurm", "--profile", "profiles/slurm-ci", *DDP_CONFIG,
+def test_distributed_training_rule_through_slurm(slurm_run, ci_run, tmp_path):
+    """config/ci_ddp.yaml over the finished studies: only the train job reruns; through SLURM
+    (no GPU asked, device cpu) it starts 2 gloo workers inside its allocation, and its trace
+    is bitwise the one of the same rule run locally."""
+    root = _copy_study(slurm_run[0], tmp_path / "slurm" / "repo")
+    config = (*_one_model_study(root), *DDP_OVERLAY)
+    proc = snakemake("--profile", "slurm", "--profile", "profiles/slurm-ci", *config,
                      "--", DDP_TARGET, cwd=root, timeout=1200)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-6000:]
+    assert _submitted(proc.stdout) and _job_count(proc.stdout) == 1, proc.stdout[-3000:]
     train = [j for j, log in _submitted(proc.stdout).items() if "rule_train" in log]
     assert len(train) == 1, proc.stdout[-3000:]
     info = subprocess.run(
@@ -176,11 +194,15 @@ def test_distributed_training_rule_through_slurm(tmp_path):
     log = (root / "results/logs/train/llama_tiny/mix/seed0.log").read_text()
     assert "SLURM job" in log and "launching 2 ddp workers" in log, log[-3000:]
 
-    local = copy_workflow(tmp_path / "local" / "repo")
-    done = snakemake("--cores", "2", *DDP_CONFIG, "--", DDP_TARGET, cwd=local, timeout=1200)
+    local = _copy_study(ci_run, tmp_path / "local" / "repo")
+    done = snakemake("--cores", "2", "--configfile", "config/ci.yaml", *DDP_OVERLAY,
+                     "--", DDP_TARGET, cwd=local, timeout=1200)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
+    assert "Job stats" in done.stdout and re.search(r"^train\s+1$", done.stdout, re.M)
     from safetensors.numpy import load_file
 
+    for tree, study in ((root, slurm_run[0]), (local, ci_run)):  # rewritten, not the copies
+        assert (tree / DDP_TARGET).stat().st_mtime > (study / DDP_TARGET).stat().st_mtime
     ours, theirs = load_file(root / DDP_TARGET), load_file(local / DDP_TARGET)
     assert sorted(ours) == sorted(theirs)
     assert all((ours[k] == theirs[k]).all() for k in ours)

@@ -172,6 +172,27 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_refused_with_its_key(tmp_path, case):
+    """The loader the Snakefile and the command line share (rules/common.smk calls it at parse
+    time; the test below shows the wiring), over config.yaml as Snakemake merges them."""
+    from crosstrace.config import load
+    from crosstrace.errors import ConfigError
+
+    content, expected = BAD_CONFIGS[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load([REPO / "config.yaml", bad])
+    assert str(info.value).startswith("Invalid config"), str(info.value)
+    assert expected in str(info.value), str(info.value)
+
+
+# One case of each kind through Snakemake: a schema error, keys that do not fit together, and
+# a model the parameter map checks.
+PARSE_TIME_CASES = ["unknown_top_key", "three_people", "k_below_one_element_per_tensor"]
+
+
+@pytest.mark.parametrize("case", PARSE_TIME_CASES)
 def test_bad_config_fails_at_parse_time(scratch, tmp_path, case):
     content, expected = BAD_CONFIGS[case]
     bad = tmp_path / "bad.yaml"

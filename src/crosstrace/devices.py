@@ -6,10 +6,10 @@ import os
 
 import torch
 
+from crosstrace.choices import PRECISIONS
 from crosstrace.errors import ConfigError, CrosstraceError
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

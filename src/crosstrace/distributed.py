@@ -31,41 +31,19 @@ import torch.distributed as dist
 
 from crosstrace.errors import (
     EXIT_PREEMPTED,
-    ConfigError,
     CrosstraceError,
     DistributedError,
     Preempted,
 )
+from crosstrace.training_config import DistributedConfig
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "ddp", "fsdp")
 # Set by torchrun / the elastic agent in every worker it starts.
 _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 ERROR_FILE = "error-rank{rank}.txt"  # a worker's message to the launcher, in the spec's folder
 WORKER_MODULE = "crosstrace.worker"  # what each launched process runs: python -m … SPEC
 BUCKET_ELEMENTS = 1 << 24  # 64 MiB of fp32 per all-reduce
-
-
-@dataclass(frozen=True)
-class DistributedConfig:
-    """``training.distributed`` and ``training.nproc`` (defaults: the config schema's)."""
-
-    mode: str
-    nproc: int
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(
-                f"training.distributed: {self.mode!r} is not one of {', '.join(MODES)}"
-            )
-        if self.nproc < 1:
-            raise ConfigError(f"training.nproc must be >= 1, got {self.nproc}")
-        if self.mode == "none" and self.nproc > 1:
-            raise ConfigError(
-                f"training.nproc is {self.nproc} but training.distributed is 'none'; "
-                "set distributed: ddp (or fsdp) to train on several processes"
-            )
 
 
 @dataclass(frozen=True)

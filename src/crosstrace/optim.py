@@ -8,8 +8,6 @@ from typing import Protocol
 
 import torch
 
-OPTIMIZERS = ("adamw", "sgd")
-
 
 class OptimizerSettings(Protocol):
     optimizer: str

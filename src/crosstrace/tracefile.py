@@ -26,9 +26,8 @@ from crosstrace.errors import InputDataError
 
 TASKS = ("bio", "qa")
 FORMAT = "crosstrace-trace/1"
-# The kinds of trace training keeps (crosstrace.trace): the gradient trace in the trace file
-# itself, the update decomposition beside it, with the weight decay as a third "task".
-KINDS = ("gradient", "update")
+# The trace kinds (crosstrace.choices.TRACE_KINDS): the gradient trace in the trace file itself,
+# the update decomposition beside it, with the weight decay as a third "task".
 UPDATE_TASKS = (*TASKS, "weight_decay")
 
 

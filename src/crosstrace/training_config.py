@@ -10,12 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from crosstrace.choices import DISTRIBUTED_MODES, OPTIMIZERS, PRECISIONS, TRACE_KINDS
 from crosstrace.config import section_defaults
-from crosstrace.devices import PRECISIONS
-from crosstrace.distributed import DistributedConfig
 from crosstrace.errors import ConfigError
-from crosstrace.optim import OPTIMIZERS
-from crosstrace.tracefile import KINDS
 
 # Keys that change how a run is computed, not what it computes: left out of the checkpoint
 # fingerprint (resuming checks them on their own) and, at their defaults, out of the
@@ -47,6 +44,27 @@ PHASE_KEYS = {
 OVERRIDABLE = ("lr", "min_lr_ratio", "warmup_ratio", "weight_decay", "max_grad_norm",
                "batch_size", "grad_accum")  # fmt: skip
 TRACE_KEYS = ("enabled", "offload_cpu", "kinds")  # what training reads of ``trace:``
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """``training.distributed`` and ``training.nproc`` (defaults: the config schema's)."""
+
+    mode: str
+    nproc: int
+
+    def __post_init__(self) -> None:
+        if self.mode not in DISTRIBUTED_MODES:
+            raise ConfigError(
+                f"training.distributed: {self.mode!r} is not one of {', '.join(DISTRIBUTED_MODES)}"
+            )
+        if self.nproc < 1:
+            raise ConfigError(f"training.nproc must be >= 1, got {self.nproc}")
+        if self.mode == "none" and self.nproc > 1:
+            raise ConfigError(
+                f"training.nproc is {self.nproc} but training.distributed is 'none'; "
+                "set distributed: ddp (or fsdp) to train on several processes"
+            )
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,7 @@ class TraceConfig:
     def from_dict(cls, cfg: dict[str, Any]) -> TraceConfig:
         merged = {**section_defaults("trace"), **cfg}
         kinds = tuple(merged["kinds"])
-        unknown = [k for k in kinds if k not in KINDS]
+        unknown = [k for k in kinds if k not in TRACE_KINDS]
         if unknown or "gradient" not in kinds:
             raise ConfigError(f"trace.kinds: {list(kinds)}; allowed: gradient (always), update")
         return cls(
