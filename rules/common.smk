@@ -31,7 +31,7 @@ from crosstrace.outputs import (
     BIO_END_REPRESENTATION_FILE,
     UNIT_ABLATION_FILE,
     PEOPLE_CONTROL_FILE,
-    PEOPLE_TRACE_FILE,
+    PEOPLE_TRACE_FILES,
 )
 from crosstrace.training_config import phase_training, trace_section
 
@@ -251,11 +251,33 @@ def rank_traces(wildcards):
     }
 
 
-def update_trace_output():
-    """The train rule's update-decomposition file, where trace.kinds keeps it."""
-    if "update" in config["trace"]["kinds"]:
-        return {"update_trace": run_file(TRACE_FILES["update"])}
-    return {}
+def kind_trace_outputs():
+    """The train rule's files of the trace kinds beside the gradient one, where trace.kinds
+    keeps them: the update decomposition and the people halves."""
+    kinds = config["trace"]["kinds"]
+    out = {}
+    if "update" in kinds:
+        out["update_trace"] = run_file(TRACE_FILES["update"])
+    if "people" in kinds:
+        out["people_trace"] = run_file(PEOPLE_TRACE_FILES["trajectory"])
+    return out
+
+
+def people_definitions():
+    """The definitions the different-people control is ranked for: endpoint always (the
+    endpoint_trace rule's gradients at θT), trajectory where trace.kinds keeps the halves."""
+    if "people" in config["trace"]["kinds"]:
+        return ["endpoint", "trajectory"]
+    return ["endpoint"]
+
+
+def people_traces(wildcards):
+    """{people_trace_<definition>: file} of one run (people_definitions)."""
+    folder = run_dir(wildcards.model, wildcards.strategy, wildcards.seed)
+    return {
+        f"people_trace_{d}": os.path.join(folder, PEOPLE_TRACE_FILES[d])
+        for d in people_definitions()
+    }
 
 
 def update_trace_input(wildcards):

@@ -7,7 +7,7 @@ rule endpoint_trace:
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
         trace=run_file(TRACE_FILES["endpoint"]),
-        people=run_file(PEOPLE_TRACE_FILE),
+        people=run_file(PEOPLE_TRACE_FILES["endpoint"]),
     log:
         res("logs/endpoint_trace/{model}/{strategy}/seed{seed}.log"),
     benchmark:

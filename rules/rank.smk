@@ -1,9 +1,10 @@
 rule rank:
     """Top-k sets of one run: thresholds, per-tensor and per-cell counts (the one definition);
-    and the different-people control's two pairings, ranked the same way."""
+    and the different-people control's two pairings (at θT, and over training where the trace
+    keeps the people halves), ranked the same way."""
     input:
         unpack(rank_traces),
-        people_trace=run_file(PEOPLE_TRACE_FILE),
+        unpack(people_traces),
         model=res("runs/{model}/{strategy}/seed{seed}/final"),
     output:
         **ranking_files("{model}", "{strategy}", "{seed}"),
@@ -24,5 +25,6 @@ rule rank:
             "seed": int(wc.seed),
         },
         settings=rank_settings(),
+        people_definitions=people_definitions(),
     script:
         "../workflow/scripts/rank.py"

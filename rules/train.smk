@@ -54,7 +54,7 @@ rule train:
         unpack(world_files),
         init=train_init,
     output:
-        **update_trace_output(),
+        **kind_trace_outputs(),
         model=directory(res("runs/{model}/{strategy}/seed{seed}/final")),
         trace=run_file(TRACE_FILES["trajectory"]),
         train_log=run_file(TRAIN_LOG_FILE),

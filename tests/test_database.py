@@ -77,10 +77,15 @@ def make_run(root, run: Run, settings=SETTINGS) -> RunFiles:
                           n_units=1, n_chosen=1, n_same_layer=1, n_reset=64, shift_norm=1.5, n=4,
                           ).to_parquet(folder / "unit_ablation.parquet")  # fmt: skip
     people = []  # the same people: correlated gradients; other people: independent ones
-    for pairing, rho in (("same", 0.8), ("other", 0.0)):
+    for definition, pairing, rho in (
+        ("endpoint", "same", 0.8),
+        ("endpoint", "other", 0.0),
+        ("trajectory", "same", 0.5),
+        ("trajectory", "other", 0.5),
+    ):
         pair = TraceDict(random_trace(model, seed=10 + run.seed, correlated=rho))
-        endpoint = replace(settings, definitions=("endpoint",), primary="endpoint")
-        cells = rank_traces({"endpoint": pair}, ParamMap(model.config), endpoint)["cells"]
+        one = replace(settings, definitions=(definition,), primary=definition)
+        cells = rank_traces({definition: pair}, ParamMap(model.config), one)["cells"]
         people.append(cells.assign(pairing=pairing, model=run.model, strategy=run.strategy,
                                    seed=run.seed))  # fmt: skip
     pd.concat(people).to_parquet(folder / "people_control.parquet")
@@ -186,17 +191,22 @@ def test_unit_ablation_compares_the_top_units_with_the_random_draws(built):
 def test_people_control_sets_the_same_people_beside_other_people(built):
     tmp, _ = built
     con = connect(tmp / "results" / "crosstrace.duckdb")
-    df = con.execute("SELECT * FROM people_control").df()
-    assert len(df) == len(RUNS) * 2 * 2  # runs × scopes × k
+    everything = con.execute("SELECT * FROM people_control").df()
+    assert len(everything) == len(RUNS) * 2 * 2 * 2  # runs × definitions × scopes × k
+    df = everything[everything["definition"] == "endpoint"]
     assert (df["enrichment_same"] > 1.5).all()  # correlated gradients share more than chance
     assert (df["enrichment_same"] > df["enrichment_other"]).all()
     assert df["enrichment_other"].mean() < 1.5  # independent ones about as much as chance
     assert np.allclose(df["enrichment_difference"], df["enrichment_same"] - df["enrichment_other"])
+    # trajectory: both pairings from one correlated trace, so no difference between them
+    trajectory = everything[everything["definition"] == "trajectory"]
+    assert (trajectory["enrichment_same"] > 1.2).all()
+    assert np.allclose(trajectory["enrichment_difference"], 0.0)
     overlap = con.execute("SELECT DISTINCT definition FROM overlap").fetchall()
     assert overlap == [("trajectory",)]  # the control stays out of the main tables
     summary = con.execute(
         "SELECT n_seeds, ci_low < enrichment_difference FROM people_control_summary "
-        "WHERE model = 'llama'"
+        "WHERE model = 'llama' AND definition = 'endpoint'"
     ).fetchall()
     assert summary and all(n == 2 and below for n, below in summary)
 

@@ -115,6 +115,7 @@ class Runs:
                     phase=phase,
                     data_dir=self.world,
                     training={**SGD, **layout},
+                    trace={"kinds": ["gradient", "people"]},  # steps split by people halves
                     init_trace=init_trace,
                     progress=False,
                 )
@@ -190,8 +191,8 @@ def assert_equal_within_summation_order(
 def test_two_ranks_equal_one_process(
     runs: Runs, world: Path, bases: dict[str, Path], mode: str, arch: str, strategy: str
 ) -> None:
-    """Same θT, Δ_bio and Δ_qa as one process with the same global batch (FSDP2: each rank
-    traced its shard; the file is gathered)."""
+    """Same θT, Δ_bio and Δ_qa, and the same traces of the people halves, as one process with
+    the same global batch (FSDP2: each rank traced its shard; the file is gathered)."""
     last = PHASES[strategy][-1]
     one, two = runs.get(arch, strategy, "none"), runs.get(arch, strategy, mode)
     terms = supervised_terms(world, bases[arch], strategy)
@@ -211,6 +212,11 @@ def test_two_ranks_equal_one_process(
         largest = max(float(t.abs().max()) for t in d1[task].values())
         # the tolerance is far below the size of Δ: a missing or doubled share would fail
         assert 0 < tol < 1e-2 * largest, (task, tol, largest)
+    # the people halves: each rank's part of half A summed before the snapshot is read
+    p1, p2 = (load_trace(kind_path(r / "trace.safetensors", "people")) for r in (one, two))
+    for task in ("bio_a", "qa_a", "qa_b"):
+        assert_equal_within_summation_order(p2[task], p1[task], terms, d1[task[:-2]])
+        assert max(float(t.abs().max()) for t in p1[task].values()) > 0, task
     # the per-step losses in rank 0's log are those of the whole step
     import pandas as pd
 

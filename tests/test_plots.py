@@ -251,16 +251,22 @@ def test_unit_ablation_panels_show_each_kinds_own_unit_counts():
 
 
 def test_people_control_sets_same_and_other_people_side_by_side_over_the_null_line():
-    rows = [(m, s, seed, "global", k, 3.0 + seed, 1.0) for m, s, seed, k in
-            itertools.product(MODELS, STRATEGIES, (0, 1), (1.0, 5.0))]  # fmt: skip
+    rows = [(m, s, d, seed, "global", k, 3.0 + seed, 1.0) for m, s, d, seed, k in
+            itertools.product(MODELS, STRATEGIES, ("endpoint", "trajectory"), (0, 1),
+                              (1.0, 5.0))]  # fmt: skip
     rows += [
-        (m, s, 0, "per_tensor", 1.0, 9.0, 9.0) for m, s in itertools.product(MODELS, STRATEGIES)
+        (m, s, "endpoint", 0, "per_tensor", 1.0, 9.0, 9.0)
+        for m, s in itertools.product(MODELS, STRATEGIES)
     ]
-    people = pd.DataFrame(rows, columns=["model", "strategy", "seed", "scope", "k_percent",
-                                         "enrichment_same", "enrichment_other"])  # fmt: skip
+    people = pd.DataFrame(rows, columns=["model", "strategy", "definition", "seed", "scope",
+                                         "k_percent", "enrichment_same",
+                                         "enrichment_other"])  # fmt: skip
     fig = plots.fig_people_control(people)
     panels = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in panels][:2] == ["llama_tiny · stage", "llama_tiny · mix"]
+    assert [ax.get_title() for ax in panels][:4] == [
+        "llama_tiny · stage, endpoint", "llama_tiny · stage, trajectory",
+        "llama_tiny · mix, endpoint", "llama_tiny · mix, trajectory",
+    ]  # fmt: skip
     heights = sorted({round(p.get_height(), 6) for ax in panels for p in ax.patches} - {0})
     assert heights == [1.0, 3.5]  # the global rows only; the mean over seeds
     legend = [t.get_text() for t in fig.legends[0].get_texts()]

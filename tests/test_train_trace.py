@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from crosstrace.batches import IGNORE, StepPlan, training_examples
+from crosstrace.batches import IGNORE, StepPlan, in_half_a, training_examples
 from crosstrace.errors import ConfigError, CrosstraceError
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.optim import warmup_cosine
@@ -18,7 +18,7 @@ from crosstrace.step import optimizer_step
 from crosstrace.tracefile import kind_path, load_trace
 from crosstrace.train import train_run
 from crosstrace.training_config import TrainingConfig
-from crosstrace.world import read_bio, read_people, read_qa, synthesize_world
+from crosstrace.world import people_halves, read_bio, read_people, read_qa, synthesize_world
 
 TINY = {
     "llama": {
@@ -358,33 +358,24 @@ def test_trace_identity_stage(base: Path, world: Path, tmp_path: Path) -> None:
     )
 
 
-def test_mix_bio_delta_matches_per_example_reference(
-    base: Path, world: Path, tmp_path: Path
-) -> None:
-    """Three mixed SGD steps, recomputed with one backward per example."""
-    cfg = TrainingConfig.from_dict({**SGD, "batch_size": 8, "mix_epochs": 1})
+def per_example_reference(
+    base: Path, world: Path, training: dict, steps: int
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``steps`` mixed SGD steps recomputed with one backward per example: the trace per task
+    (and per task of half A of the trained people, keys ``bio_a`` and ``qa_a``, with the
+    step's clip coefficient) and the weights after them."""
+    cfg = TrainingConfig.from_dict(training)
     model, tokenizer = load_model(base)
-    examples = training_examples(
-        read_bio(world / "bio.parquet"),
-        read_qa(world / "qa.parquet"),
-        tokenizer,
-        bos_id(model, tokenizer),
-    )
-    plan = StepPlan(
-        "mix",
-        {t: len(e) for t, e in examples.items()},
-        batch_size=8,
-        epochs=1,
-        seed=0,
-        qa_ratio=0.5,
-    )
-    steps = 3
-    # the lr schedule spans the whole one-epoch plan; only its first 3 steps are taken
+    bio, qa = read_bio(world / "bio.parquet"), read_qa(world / "qa.parquet")
+    examples = training_examples(bio, qa, tokenizer, bos_id(model, tokenizer))
+    in_a = in_half_a(bio, qa, people_halves(qa, 0)[0])
+    plan = StepPlan("mix", {t: len(e) for t, e in examples.items()},
+                    batch_size=cfg.batch_size, epochs=1, seed=0, qa_ratio=0.5)  # fmt: skip
+    # the lr schedule spans the whole one-epoch plan; only its first steps are taken
     lr_factor = warmup_cosine(plan.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
-    ref = {
-        task: {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-        for task in ("bio", "qa")
-    }
+    params = dict(model.named_parameters())
+    ref = {key: {n: torch.zeros_like(p) for n, p in params.items()}
+           for key in ("bio", "qa", "bio_a", "qa_a")}  # fmt: skip
     for step in range(steps):
         lr = cfg.lr * lr_factor(step)
         index = plan.step_indices(step)
@@ -393,7 +384,7 @@ def test_mix_bio_delta_matches_per_example_reference(
             for t, idx in index.items()
             for i in idx
         )
-        total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        grads = {key: {n: torch.zeros_like(p) for n, p in params.items()} for key in ref}
         for task, idx in index.items():
             for i in idx:
                 model.zero_grad(set_to_none=True)
@@ -404,18 +395,98 @@ def test_mix_bio_delta_matches_per_example_reference(
                     logits[0, :-1], labels[0, 1:], ignore_index=IGNORE, reduction="sum"
                 )
                 (loss / n_supervised).backward()
-                for n, p in model.named_parameters():
-                    ref[task][n] += lr * p.grad
-                    total[n] += p.grad
+                for key in (task, f"{task}_a") if in_a[task][i] else (task,):
+                    for n, p in params.items():
+                        grads[key][n] += p.grad
+        total = {n: grads["bio"][n] + grads["qa"][n] for n in params}
+        clip = 1.0
+        if cfg.max_grad_norm is not None:
+            norm = float(torch.linalg.vector_norm(torch.stack([t.norm() for t in total.values()])))
+            clip = min(1.0, cfg.max_grad_norm / (norm + 1e-6))
+        for key in ref:
+            for n in params:
+                ref[key][n] += lr * clip * grads[key][n]
         with torch.no_grad():
-            for n, p in model.named_parameters():
-                p -= lr * total[n]
+            for n, p in params.items():
+                p -= lr * clip * total[n]
+    return ref, {n: p.detach() for n, p in params.items()}
+
+
+def test_mix_bio_delta_matches_per_example_reference(
+    base: Path, world: Path, tmp_path: Path
+) -> None:
+    """Three mixed SGD steps, recomputed with one backward per example."""
+    training = {**SGD, "batch_size": 8}
+    ref, theta = per_example_reference(base, world, training, steps=3)
     # the traced run: the same plan, stopped after the same 3 steps
-    final, trace_path = run(base, world, tmp_path, "mix", {**SGD, "batch_size": 8}, max_steps=steps)
+    final, trace_path = run(base, world, tmp_path, "mix", training, max_steps=3)
     delta = load_trace(trace_path)
     for task in ("bio", "qa"):
         assert_close(delta[task], ref[task])
-    assert_close(weights(final), {n: p.detach() for n, p in model.named_parameters()})
+    assert_close(weights(final), theta)
+
+
+def test_people_trace_matches_per_example_reference(
+    base: Path, world: Path, tmp_path: Path
+) -> None:
+    """The people kind, with clipping active: BIO and QA of half A of the trained people are
+    each the sum of lr · clip · gradient over those people's examples only, QA of the others
+    is the rest of Δ_qa, and the gradient kind and the weights are those of the reference."""
+    training = {**SGD, "batch_size": 8, "max_grad_norm": 0.05}
+    ref, theta = per_example_reference(base, world, training, steps=4)
+    final, trace_path = run(base, world, tmp_path, "mix", training, max_steps=4,
+                            trace={"kinds": ["gradient", "people"]})  # fmt: skip
+    delta, people = load_trace(trace_path), load_trace(kind_path(trace_path, "people"))
+    assert sorted(people) == ["bio_a", "qa_a", "qa_b"]
+    for task in ("bio", "qa"):
+        assert_close(delta[task], ref[task])
+        assert_close(people[f"{task}_a"], ref[f"{task}_a"])
+    assert_close(people["qa_b"], {n: ref["qa"][n] - ref["qa_a"][n] for n in theta})
+    assert_close(weights(final), theta)
+    # clipping was active, and half A is a real part of each task, not all of it
+    name = next(iter(theta))
+    clipped, _ = per_example_reference(base, world, training, steps=1)
+    unclipped, _ = per_example_reference(base, world, {**training, "max_grad_norm": None}, 1)
+    assert not torch.allclose(clipped["bio_a"][name], unclipped["bio_a"][name], rtol=1e-2)
+    for task in ("bio", "qa"):
+        a, whole = people[f"{task}_a"][name], delta[task][name]
+        assert float(a.norm()) > 0
+        assert not torch.allclose(a, whole, rtol=1e-3, atol=1e-7)
+
+
+def test_people_trace_continues_over_the_stages(base: Path, world: Path, tmp_path: Path) -> None:
+    """Two-stage AdamW with clipping: the QA stage continues the BIO stage's half-A BIO trace
+    unchanged, adds QA of half A and of the others up to Δ_qa, and splitting the step by
+    people changes training only by float summation order (exact sums under SGD: the
+    per-example reference test)."""
+    people = {"kinds": ["gradient", "update", "people"]}
+    init, trace, files = base, None, {}
+    for phase in ("bio", "qa"):
+        init, trace = run(base if trace is None else init, world, tmp_path, phase, ADAMW,
+                          init_trace=trace, trace=people)  # fmt: skip
+        files[phase] = load_trace(kind_path(trace, "people"))
+    bio_stage, final = files["bio"], files["qa"]
+    for name, t in bio_stage["bio_a"].items():
+        assert torch.equal(final["bio_a"][name], t)
+        assert float(bio_stage["qa_a"][name].abs().max()) == 0
+    grad = load_trace(trace)
+    assert_close({n: final["qa_a"][n] + final["qa_b"][n] for n in grad["qa"]}, grad["qa"])
+    assert any(float(t.abs().max()) > 0 for t in final["qa_a"].values())
+    plain, _ = run(base, world, tmp_path / "plain-bio", "bio", ADAMW)
+    plain, _ = run(plain, world, tmp_path / "plain-qa", "qa", ADAMW,
+                   init_trace=tmp_path / "plain-bio" / "bio-trace.safetensors")  # fmt: skip
+    # Adam divides by √v̂ + ε: where a gradient entry is near zero a reordered sum can move that
+    # weight by a visible fraction of lr, so the bound is on each tensor's whole change
+    a, b, theta0 = weights(init), weights(plain), weights(base)
+    for name in a:
+        moved = float((b[name] - theta0[name]).norm())
+        assert float((a[name] - b[name]).norm()) <= 1e-3 * moved, name
+
+
+def test_people_trace_refuses_packed_rows(base: Path, world: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"people needs training\.pack false"):
+        run(base, world, tmp_path, "mix", {**SGD, "pack": True},
+            trace={"kinds": ["gradient", "people"]})  # fmt: skip
 
 
 def test_trace_does_not_change_training(base: Path, world: Path, tmp_path: Path) -> None:

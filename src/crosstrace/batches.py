@@ -26,6 +26,7 @@ from crosstrace.runs import PHASES
 from crosstrace.world import qa_prompt, qa_target
 
 IGNORE = -100
+ALL, HALF_A, OTHERS = "all", "a", "others"  # MicroBatch.part
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,16 @@ def training_examples(
     }
 
 
+def in_half_a(bio: pd.DataFrame, qa: pd.DataFrame, half_a: np.ndarray) -> dict[str, np.ndarray]:
+    """Per task, one bool per example of :func:`training_examples` (same frames, same order):
+    whether the example is about a person of ``half_a``."""
+    train_qa = qa[qa["split"] == "train"]
+    return {
+        "bio": bio["person_id"].isin(half_a).to_numpy(),
+        "qa": train_qa["person_id"].isin(half_a).to_numpy(),
+    }
+
+
 def pack(examples: Examples, length: int, seed: int) -> Examples:
     """Concatenate a task's examples into rows of at most ``length`` tokens (bioS packing).
 
@@ -244,6 +255,9 @@ class MicroBatch:
     # 0.0 marks a stand-in: a rank with no example left for a pass that every rank must make
     # (FSDP gathers parameters in every forward) runs one example whose loss counts zero.
     weight: float = 1.0
+    # which people the examples are of, where the step is split by people halves
+    # (HALF_A or OTHERS; trace.kinds with people), else ALL
+    part: str = "all"
 
     @property
     def n_sequences(self) -> int:
@@ -273,6 +287,10 @@ class StepPlan:
     ``batch_size``. ``mix``: an epoch is one pass over the BIO examples; each step holds
     ``round(batch_size * qa_ratio)`` QA examples drawn from a cycling permutation of the
     training QA and the rest BIO.
+
+    ``in_half_a`` (per task, one bool per example: is it about a person of half A of the
+    trained people) splits each task's micro-batches of a step into those of half A, then the
+    others (:meth:`parts`); which examples a step holds does not change.
     """
 
     def __init__(
@@ -285,6 +303,7 @@ class StepPlan:
         seed: int,
         qa_ratio: float = 0.5,
         grad_accum: int = 1,
+        in_half_a: dict[str, np.ndarray] | None = None,
     ) -> None:
         if phase not in PHASES:
             raise ConfigError(f"training phase {phase!r} is not one of {', '.join(PHASES)}")
@@ -292,6 +311,12 @@ class StepPlan:
             raise ConfigError("training.batch_size and grad_accum must be ≥ 1 and epochs ≥ 0")
         self.phase, self.sizes, self.epochs, self.seed = phase, sizes, epochs, seed
         self.grad_accum = grad_accum
+        self.in_half_a = in_half_a
+        for task, mask in (in_half_a or {}).items():
+            if len(mask) != sizes.get(task, 0):
+                raise InputDataError(
+                    f"{len(mask)} people-half labels for {sizes.get(task, 0)} {task} examples"
+                )
         if phase == "mix":
             if not 0.0 <= qa_ratio < 1.0:
                 raise ConfigError(f"training.qa_ratio must be in [0, 1), got {qa_ratio}")
@@ -338,6 +363,16 @@ class StepPlan:
         """The tasks of every step, in backward order (BIO before QA)."""
         return sorted(task for task, n in self.per_step.items() if n > 0)
 
+    def parts(self) -> tuple[str, ...]:
+        """The parts of each task's micro-batches in a step, in backward order."""
+        return (HALF_A, OTHERS) if self.in_half_a is not None else (ALL,)
+
+    def _split_by_part(self, task: str, index: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        if self.in_half_a is None:
+            return [(ALL, index)]
+        in_a = self.in_half_a[task][index]
+        return [(HALF_A, index[in_a]), (OTHERS, index[~in_a])]
+
     def supervised_tokens(self, step: int, examples: dict[str, Examples]) -> dict[str, int]:
         """Supervised positions per task in the whole step (all ranks together): what each
         task's summed token loss is normalised by, on every rank alike."""
@@ -356,7 +391,8 @@ class StepPlan:
         world_size: int = 1,
         equal_counts: bool = False,
     ) -> list[MicroBatch]:
-        """The step's micro-batches, task-homogeneous, BIO before QA.
+        """The step's micro-batches, task-homogeneous, BIO before QA (and with ``in_half_a``
+        homogeneous in the part too, half A before the others, each part cut as a task is).
 
         With ``world_size`` > 1, rank ``rank`` takes its contiguous slice of each task's
         examples (``np.array_split``: sizes differ by at most one), cut into up to
@@ -369,17 +405,19 @@ class StepPlan:
         same sum over its examples).
         """
         batches = []
-        for task, index in sorted(self.step_indices(step).items()):
-            local = np.array_split(index, world_size)[rank]
-            count = min(self.grad_accum, len(local))
-            if equal_counts:
-                count = min(self.grad_accum, math.ceil(len(index) / world_size))
-            if count > 1:  # similar lengths together: less padding, the same summed gradient
-                local = local[np.argsort(examples[task].lengths[local], kind="stable")]
-            for part in np.array_split(local, count) if count else []:
-                if len(part):
-                    batches.append(collate(examples[task], part, pad_id))
-                else:
-                    stand_in = collate(examples[task], index[:1], pad_id)
-                    batches.append(dataclasses.replace(stand_in, weight=0.0))
+        for task, whole in sorted(self.step_indices(step).items()):
+            for part, index in self._split_by_part(task, whole):
+                local = np.array_split(index, world_size)[rank]
+                count = min(self.grad_accum, len(local))
+                if equal_counts:
+                    count = min(self.grad_accum, math.ceil(len(index) / world_size))
+                if count > 1:  # similar lengths together: less padding, the same summed gradient
+                    local = local[np.argsort(examples[task].lengths[local], kind="stable")]
+                for chunk in np.array_split(local, count) if count else []:
+                    if len(chunk):
+                        mb = collate(examples[task], chunk, pad_id)
+                    else:
+                        mb = dataclasses.replace(collate(examples[task], index[:1], pad_id),
+                                                 weight=0.0)  # fmt: skip
+                    batches.append(dataclasses.replace(mb, part=part))
         return batches

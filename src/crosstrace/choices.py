@@ -8,5 +8,5 @@ from __future__ import annotations
 
 PRECISIONS = ("auto", "fp32", "bf16")  # training.precision (crosstrace.devices)
 OPTIMIZERS = ("adamw", "sgd")  # training.optimizer (crosstrace.optim)
-TRACE_KINDS = ("gradient", "update")  # trace.kinds (crosstrace.tracefile)
+TRACE_KINDS = ("gradient", "update", "people")  # trace.kinds (crosstrace.tracefile)
 DISTRIBUTED_MODES = ("none", "ddp", "fsdp")  # training.distributed (crosstrace.distributed)

@@ -90,7 +90,10 @@ PREDICTIONS_FILE = "predictions.parquet"  # crosstrace.evaluate
 ABLATION_FILE = "ablation.parquet"  # crosstrace.ablate
 UNIT_ABLATION_FILE = "unit_ablation.parquet"  # crosstrace.ablate with crosstrace.units
 PEOPLE_CONTROL_FILE = "people_control.parquet"  # crosstrace.people_control: ranked pairings
-PEOPLE_TRACE_FILE = "people_trace.safetensors"  # crosstrace.people_control: gradients at θT
+PEOPLE_TRACE_FILES = {  # the different-people control's traces, by definition
+    "endpoint": "people_trace.safetensors",  # crosstrace.people_control: gradients at θT
+    "trajectory": "trace_people.safetensors",  # trace.kinds people: kind_path(trajectory, people)
+}
 TRAINING_CONSISTENCY_FILE = "consistency.parquet"  # records written during training
 TRAINING_CURVE_FILE = "training_curve.parquet"  # crosstrace.curve: evaluations during training
 BIO_END_PREDICTIONS_FILE = "bio_end_predictions.parquet"  # θ_BIO of two-stage training

@@ -1,4 +1,4 @@
-"""The different-people control of the BIO–QA overlap, at θT.
+"""The different-people control of the BIO–QA overlap, at θT and over training.
 
 Both traces of a run see the same people, the same templates and the same early transient, so
 an overlap of the BIO and QA top-k sets may come from what the two tasks share besides the
@@ -6,8 +6,11 @@ facts (templates, names as tokens, the scale of rows and columns). This control 
 people whose QA was trained into two random halves A and B (fixed per world seed and run seed)
 and takes, at θT, the gradient of the mean token loss of three example sets: the bios of A,
 the QA pairs of A and the QA pairs of B (:func:`people_gradients`, a GPU job beside the
-endpoint trace, written as a trace file with tasks ``bio_a``, ``qa_a``, ``qa_b``). The ranking
-stage then ranks two pairs exactly as it ranks a trace (:func:`rank_people_control`;
+endpoint trace, written as a trace file with tasks ``bio_a``, ``qa_a``, ``qa_b``). With the
+trace's people kind (``trace.kinds``), training keeps the same three as gradient traces
+(``crosstrace.trace``; QA of B is then QA of all trained people outside A, one more person
+when their number is odd): the control for the trajectory definition. The ranking stage ranks
+two pairs of each exactly as it ranks a trace (:func:`rank_people_control`;
 ``crosstrace.rank``: same modules, scopes, k and cells), so a change of k or of the ranked
 modules reranks without taking the gradients again:
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +44,10 @@ from crosstrace.models import bos_id, check_world, load_model
 from crosstrace.param_map import ParamMap
 from crosstrace.rank import RankSettings, rank_traces
 from crosstrace.runs import Run
-from crosstrace.tracefile import TraceFile, TraceSource, save_trace
-from crosstrace.world import read_bio, read_qa
+from crosstrace.tracefile import PEOPLE_TASKS, TraceFile, TraceSource, save_trace
+from crosstrace.world import people_halves, read_bio, read_qa
 
 PAIRINGS = {"same": "qa_a", "other": "qa_b"}  # pairing -> the QA half BIO(A) is ranked with
-PEOPLE_TASKS = ("bio_a", "qa_a", "qa_b")  # the tasks of the people-control trace file
-HALVES_SEED = 0x9E0B1E  # with the run's seed: which trained people fall in half A
-
-
-def people_halves(qa: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint, equally large random halves of the people whose QA is training data."""
-    ids = np.sort(qa.loc[qa["split"] == "train", "person_id"].unique())
-    if len(ids) < 2:
-        raise InputDataError(f"the people control needs 2 trained people, the world has {len(ids)}")
-    rng = np.random.default_rng([HALVES_SEED, int(seed)])
-    shuffled = rng.permutation(ids)
-    half = len(ids) // 2
-    return np.sort(shuffled[:half]), np.sort(shuffled[half : 2 * half])
 
 
 def people_gradients(
@@ -116,27 +107,30 @@ class Pairing:
 
 
 def rank_people_control(
-    trace_path: str | os.PathLike[str],
+    traces: Mapping[str, str | os.PathLike[str]],
     model_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
     run: Run,
     settings: RankSettings,
 ) -> pd.DataFrame:
-    """Write (atomically) and return the per-cell counts of both pairings (``pairing``,
-    then the columns of the ranking stage's cells table, definition ``endpoint``)."""
-    source = TraceFile(trace_path, what=f"{run} people-control trace")
-    missing = [t for t in PEOPLE_TASKS if t not in source.shapes]
-    if missing:
-        raise InputDataError(f"{trace_path} has no {missing}: not a people-control trace")
-    endpoint = dataclasses.replace(settings, definitions=("endpoint",), primary="endpoint")
+    """Write (atomically) and return the per-cell counts of both pairings for each definition
+    in ``traces`` (``endpoint``: the gradients at θT of :func:`people_gradients`;
+    ``trajectory``: the people kind of the training trace): ``pairing``, then the columns of
+    the ranking stage's cells table, with the definition."""
     pmap = ParamMap(model_dir)
     parts = []
-    for pairing, qa_task in PAIRINGS.items():
-        cells = rank_traces({"endpoint": Pairing(source, qa_task)}, pmap, endpoint, run=run)
-        cells = cells["cells"]
-        cells.insert(0, "pairing", pairing)
-        parts.append(cells)
+    for definition, trace_path in traces.items():
+        source = TraceFile(trace_path, what=f"{run} people-control trace ({definition})")
+        missing = [t for t in PEOPLE_TASKS if t not in source.shapes]
+        if missing:
+            raise InputDataError(f"{trace_path} has no {missing}: not a people-control trace")
+        one = dataclasses.replace(settings, definitions=(definition,), primary=definition)
+        for pairing, qa_task in PAIRINGS.items():
+            cells = rank_traces({definition: Pairing(source, qa_task)}, pmap, one, run=run)
+            cells = cells["cells"]
+            cells.insert(0, "pairing", pairing)
+            parts.append(cells)
     df = pd.concat(parts, ignore_index=True)
     for name, value in (("seed", int(run.seed)), ("strategy", run.strategy),
                         ("model", run.model)):  # fmt: skip

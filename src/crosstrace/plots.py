@@ -6,7 +6,8 @@ Figures (file stem → caption in workflow/report/<stem>.rst):
 - ``shared_by_layer_module``: shared parameters per layer and module, stage vs mix.
 - ``shared_head_heatmap``: layer × head heatmap of shared parameters per attention module.
 - ``overlap_vs_k``: enrichment of the shared set over the stratified null, vs k.
-- ``people_control``: enrichment of BIO ∩ QA on the same people vs on other people.
+- ``people_control``: enrichment of BIO ∩ QA on the same people vs on other people (at θT,
+  and over training where the trace keeps the people halves).
 - ``concentration``: Gini of the shared set over heads and neurons, next to each task's own.
 - ``ablation``: accuracy drop when shared parameters are reset, vs the matched controls.
 - ``unit_ablation``: accuracy drop when the heads or neurons holding the most shared elements
@@ -55,7 +56,7 @@ TITLES = {  # figure stem -> title
     "shared_by_layer_module": "Shared parameters (top-k BIO ∩ top-k QA) per layer and module",
     "shared_head_heatmap": "Shared parameters per layer and head",
     "overlap_vs_k": "Shared parameters vs the stratified null",
-    "people_control": "Overlap of BIO and QA gradients at θT: the same people vs other people",
+    "people_control": "Overlap of BIO and QA gradients: the same people vs other people",
     "concentration": "Concentration of the shared set, next to each task's own top-k set",
     "ablation": "Accuracy drop when parameters are reset to θ0",
     "unit_ablation": "Accuracy drop when whole heads or neurons are reset to θ0",
@@ -370,18 +371,21 @@ def fig_overlap(overlap: pd.DataFrame) -> plt.Figure:
 
 def fig_people_control(people: pd.DataFrame) -> plt.Figure:
     """Enrichment over the stratified null of BIO(A) ∩ QA(A) and BIO(A) ∩ QA(B), global
-    top-k, per k, run and model."""
+    top-k, per k, run, definition (endpoint, trajectory) and model."""
     title = TITLES["people_control"]
     _need(people, "no people control table")
     d = people[people["scope"] == "global"] if "global" in set(people["scope"]) else people
-    d = d.melt(id_vars=["model", "strategy", "seed", "k_percent"],
+    d = d.melt(id_vars=["model", "strategy", "definition", "seed", "k_percent"],
                value_vars=["enrichment_same", "enrichment_other"], var_name="people",
                value_name="enrichment")  # fmt: skip
     d["people"] = d["people"].map(PEOPLE_PAIRINGS)
     d["k"] = d["k_percent"].map(lambda k: f"{k:g}%")
+    d["panel"] = d["strategy"] + ", " + d["definition"]  # one panel per strategy and definition
+    panels = [f"{s}, {x}" for s in _present(STRATEGIES, d["strategy"])
+              for x in sorted(d["definition"].unique())]  # fmt: skip
     g = _grid(d, "bar", x="k", y="enrichment", hue="people",
-              hue_order=list(PEOPLE_PAIRINGS.values()), col="strategy", row="model",
-              col_order=_present(STRATEGIES, d["strategy"]),
+              hue_order=list(PEOPLE_PAIRINGS.values()), col="panel", row="model",
+              col_order=[p for p in panels if p in set(d["panel"])],
               order=[f"{k:g}%" for k in sorted(d["k_percent"].unique())], height=2.6,
               aspect=1.3)  # fmt: skip
     g.set_axis_labels("k (global top-k)", "shared / stratified null")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from crosstrace import distributed
-from crosstrace.batches import IGNORE, MicroBatch
+from crosstrace.batches import ALL, HALF_A, IGNORE, MicroBatch
 from crosstrace.loss import supervised_loss_sum, task_coefficients
 from crosstrace.trace import GradientTrace
 
@@ -27,6 +27,7 @@ def optimizer_step(
     tokens: dict[str, int] | None = None,
     grad_sum: distributed.TaskGradientSum | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    parts: Sequence[str] = (ALL,),
 ) -> dict[str, float]:
     """One optimizer step over task-homogeneous micro-batches; returns mean loss per task.
 
@@ -34,7 +35,9 @@ def optimizer_step(
     step, so micro-batching does not change the gradient. The trace reads ``.grad`` between
     tasks and after clipping; nothing it does reaches the optimizer. ``on_task_gradients``
     (with the trace on, in a step with both tasks) receives the BIO and QA shares of the raw
-    gradient, before clipping (gradient consistency).
+    gradient, before clipping (gradient consistency). ``parts`` (:meth:`StepPlan.parts`, the
+    same on every rank) orders each task's micro-batches by their part; with (HALF_A, OTHERS)
+    the trace (its people kind) reads the gradient after each task's half-A micro-batches.
 
     Data-parallel: ``batches`` are this rank's slice of the step, ``tokens`` the supervised
     positions per task of the whole step (all ranks), and ``grad_sum`` sums each task's
@@ -51,18 +54,24 @@ def optimizer_step(
         for mb in batches:
             tokens[mb.task] = tokens.get(mb.task, 0) + int((mb.labels[:, 1:] != IGNORE).sum())
     order = sorted(tokens)  # BIO before QA, on every rank alike
+    if {mb.part for mb in batches} - set(parts):
+        raise ValueError(f"micro-batches of parts {sorted({mb.part for mb in batches})}, "
+                         f"the step runs the parts {list(parts)}")  # fmt: skip
     coef = task_coefficients(tokens, qa_loss_weight)
     loss_sum: dict[str, torch.Tensor] = {}
     for k, task in enumerate(order):
-        if grad_sum is not None:
-            grad_sum.begin_task()
-        for mb in (mb for mb in batches if mb.task == task):
-            ids, labels = mb.input_ids.to(device), mb.labels.to(device)
-            loss = loss_fn(ids, labels=labels) * mb.weight  # weight 0: a stand-in (FSDP)
-            (loss * coef[task]).backward()
-            loss_sum[task] = loss_sum.get(task, 0.0) + loss.detach()
-        if grad_sum is not None:
-            grad_sum.end_task()
+        for part in parts:  # every rank runs every part, also with no example of it
+            if grad_sum is not None:
+                grad_sum.begin_task()
+            for mb in (mb for mb in batches if mb.task == task and mb.part == part):
+                ids, labels = mb.input_ids.to(device), mb.labels.to(device)
+                loss = loss_fn(ids, labels=labels) * mb.weight  # weight 0: a stand-in (FSDP)
+                (loss * coef[task]).backward()
+                loss_sum[task] = loss_sum.get(task, 0.0) + loss.detach()
+            if grad_sum is not None:
+                grad_sum.end_task()
+            if tracer is not None and tracer.people and part == HALF_A:
+                tracer.mark_half_a_end(task)
         if tracer is not None and k + 1 < len(order):
             tracer.mark_task_end(task)
     if on_task_gradients is not None and tracer is not None and len(order) == 2:

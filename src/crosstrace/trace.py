@@ -12,6 +12,11 @@ Two kinds, per parameter i and task:
   moment v̂, Δ^upd_task = Σ_t lr_t · m̂_task,t / (√v̂_t + ε), and the decoupled weight decay
   Δ_wd = Σ_t lr_t · wd · θ_{t−1}. Then Δ^upd_bio + Δ^upd_qa + Δ_wd = θ0 − θT up to rounding.
   Under SGD (no momentum) Δ^upd_task is the gradient kind and Δ_wd the L2 term lr · wd · θ.
+- **people** (``kinds`` with "people"): the gradient kind of the examples about half A of the
+  trained people (:func:`crosstrace.world.people_halves`), BIO(A) and QA(A), read from a
+  snapshot after each task's half-A micro-batches (the step puts them first); the file adds
+  QA of the other trained people as Δ_qa − Δ_qa(A). The trajectory definition of the
+  different-people control, at two accumulators more.
 
 The trace only reads ``.grad``, the parameters and the optimizer's state; the optimizer sees
 exactly the gradient of untraced training.
@@ -24,11 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from crosstrace import distributed
-from crosstrace.tracefile import TASKS, UPDATE_TASKS, Trace
+from crosstrace.tracefile import PEOPLE_TASKS, TASKS, UPDATE_TASKS, Trace
 
 # accumulator channels of the update kind, and the file's task names for them
 UPDATE_CHANNELS = dict(zip(("update_bio", "update_qa", "update_wd"), UPDATE_TASKS, strict=True))
 MOMENTS = {"bio": "moment_bio", "qa": "moment_qa"}  # per-task first moments (AdamW)
+PEOPLE_CHANNELS = {"bio": "people_bio_a", "qa": "people_qa_a"}  # task -> its half-A channel
 
 
 class GradientTrace:
@@ -62,10 +68,14 @@ class GradientTrace:
         channels = [*TASKS]
         if self.update:
             channels += [*UPDATE_CHANNELS, *MOMENTS.values()]
+        self.people = "people" in kinds
+        if self.people:
+            channels += [*PEOPLE_CHANNELS.values()]
         self.delta: dict[str, list[torch.Tensor]] = {
             channel: self._zeros_or((initial or {}).get(channel, {})) for channel in channels
         }
         self._snapshots: list[tuple[str, list[torch.Tensor]]] = []
+        self._half_a: dict[str, list[torch.Tensor]] = {}  # task -> its half-A share, raw
         self._clipped: dict[str, list[torch.Tensor]] = {}
 
     def _zeros_or(self, start: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -93,6 +103,15 @@ class GradientTrace:
         """Snapshot the running gradient after ``task``'s backward passes (used in mixed steps)."""
         self._snapshots.append((task, [g.clone() for g in self._grads()]))
 
+    def mark_half_a_end(self, task: str) -> None:
+        """People kind: keep ``task``'s share of the running gradient so far, after its half-A
+        micro-batches (the first of the task in the step): the running ``.grad`` minus the
+        snapshot of the task before it."""
+        grads = [g.clone() for g in self._grads()]
+        if self._snapshots:
+            torch._foreach_sub_(grads, self._snapshots[-1][1])
+        self._half_a[task] = grads
+
     def raw_shares(self, last_task: str) -> dict[str, list[torch.Tensor]]:
         """Each task's share of the step's gradient so far (before clipping): the snapshot
         differences, and the running ``.grad`` minus the last snapshot for ``last_task``."""
@@ -113,6 +132,9 @@ class GradientTrace:
         :meth:`after_optimizer_step`.
         """
         grads = self._grads()
+        for task, share in self._half_a.items():  # clipped like the rest of the step
+            self._add(PEOPLE_CHANNELS[task], share, lr * clip_coef)
+        self._half_a.clear()
         previous: list[torch.Tensor] | None = None
         clipped: dict[str, list[torch.Tensor]] = {}
         for task, snap in self._snapshots:
@@ -209,9 +231,14 @@ class GradientTrace:
 
     def kind_state(self, whole: Trace, kind: str) -> Trace:
         """One kind's channels of ``whole`` (:meth:`full_state`), keyed as its file is:
-        gradient: bio, qa; update: bio, qa, weight_decay."""
+        gradient: bio, qa; update: bio, qa, weight_decay; people: bio_a, qa_a, qa_b."""
         if kind == "gradient":
             return {task: whole[task] for task in TASKS}
+        if kind == "people":
+            qa_a = whole[PEOPLE_CHANNELS["qa"]]
+            qa_b = {name: whole["qa"][name] - t for name, t in qa_a.items()}
+            return dict(zip(PEOPLE_TASKS, (whole[PEOPLE_CHANNELS["bio"]], qa_a, qa_b),
+                            strict=True))  # fmt: skip
         return {name: whole[channel] for channel, name in UPDATE_CHANNELS.items()}
 
     def state(self) -> Trace:

@@ -29,11 +29,14 @@ FORMAT = "crosstrace-trace/1"
 # The trace kinds (crosstrace.choices.TRACE_KINDS): the gradient trace in the trace file itself,
 # the update decomposition beside it, with the weight decay as a third "task".
 UPDATE_TASKS = (*TASKS, "weight_decay")
+# The people kind (and the people control's gradients at θT): BIO of half A of the trained
+# people, QA of half A and QA of the other trained people (crosstrace.world.people_halves).
+PEOPLE_TASKS = ("bio_a", "qa_a", "qa_b")
 
 
 def kind_path(trace_path: str | os.PathLike[str], kind: str) -> Path:
-    """The file of one kind beside a trace file: ``trace.safetensors`` (gradient) and
-    ``trace_update.safetensors`` (update)."""
+    """The file of one kind beside a trace file: ``trace.safetensors`` (gradient),
+    ``trace_update.safetensors`` (update) and ``trace_people.safetensors`` (people)."""
     path = Path(trace_path)
     if kind == "gradient":
         return path

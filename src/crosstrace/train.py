@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from crosstrace import distributed
 from crosstrace.atomic import atomic_file
-from crosstrace.batches import Examples, StepPlan, pack, training_examples
+from crosstrace.batches import Examples, StepPlan, in_half_a, pack, training_examples
 from crosstrace.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
 from crosstrace.consistency import ConsistencyHook, ConsistencyRecorder, records_every
 from crosstrace.curve import CurveHook, TrainingCurve, record_steps
@@ -43,10 +43,10 @@ from crosstrace.param_map import ParamMap
 from crosstrace.preemption import Preemption
 from crosstrace.probes import build_probes
 from crosstrace.step import optimizer_step
-from crosstrace.trace import UPDATE_CHANNELS, GradientTrace
+from crosstrace.trace import PEOPLE_CHANNELS, UPDATE_CHANNELS, GradientTrace
 from crosstrace.tracefile import TASKS, kind_path, load_trace, save_trace
 from crosstrace.training_config import TraceConfig, TrainingConfig
-from crosstrace.world import read_bio, read_qa
+from crosstrace.world import people_halves, read_bio, read_qa
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,13 @@ def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
         examples = training_examples(bio_df, qa_df, tokenizer, bos, cache_dir=data / "tokenized")
     if cfg.pack:
         examples = {task: pack(ex, cfg.pack_length, job.seed) for task, ex in examples.items()}
+    halves = None
+    if job.trace.enabled and "people" in job.trace.kinds:
+        if cfg.pack:
+            raise ConfigError(
+                "trace.kinds with people needs training.pack false: a packed row mixes people"
+            )
+        halves = in_half_a(bio_df, qa_df, people_halves(qa_df, job.seed)[0])
     plan = StepPlan(
         job.phase,
         {task: len(ex) for task, ex in examples.items()},
@@ -304,6 +311,7 @@ def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
         seed=job.seed,
         qa_ratio=cfg.qa_ratio,
         grad_accum=cfg.grad_accum,
+        in_half_a=halves,
     )
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -332,7 +340,7 @@ def _setup(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> _Phase:
         fingerprint=fingerprint(
             phase=job.phase,
             training=cfg.fingerprint_part(),
-            trace=job.trace.enabled,
+            trace=[job.trace.enabled, *job.trace.kinds],
             seed=job.seed,
             init=str(Path(job.init_dir).resolve()),
             consistency=job.consistency,
@@ -420,7 +428,7 @@ def _train_phase(job: TrainJob, rank: distributed.Rank, dev: torch.device) -> di
                     qa_loss_weight=cfg.qa_loss_weight,
                     on_task_gradients=p.consistency.before_step(step),
                     tokens=plan.supervised_tokens(step, p.examples),
-                    grad_sum=p.layout.grad_sum, loss_fn=p.loss_fn,
+                    grad_sum=p.layout.grad_sum, loss_fn=p.loss_fn, parts=plan.parts(),
                 )  # fmt: skip
                 p.scheduler.step()
                 done = step + 1
@@ -484,14 +492,17 @@ def _write_outputs(p: _Phase, rank: distributed.Rank, *, steps: int, resumed_fro
 
 
 def _initial_trace(job: TrainJob) -> dict | None:
-    """The accumulators an earlier phase left (``init_trace`` and, for the update kind, the
-    file beside it), as the trace's channels."""
+    """The accumulators an earlier phase left (``init_trace`` and, for the update and people
+    kinds, the files beside it), as the trace's channels."""
     if not job.init_trace:
         return None
     initial = load_trace(job.init_trace)
     if "update" in job.trace.kinds:
         update = load_trace(kind_path(job.init_trace, "update"))
         initial |= {channel: update[name] for channel, name in UPDATE_CHANNELS.items()}
+    if "people" in job.trace.kinds:
+        people = load_trace(kind_path(job.init_trace, "people"))
+        initial |= {channel: people[f"{task}_a"] for task, channel in PEOPLE_CHANNELS.items()}
     return initial
 
 

@@ -157,7 +157,9 @@ class TraceConfig:
         kinds = tuple(merged["kinds"])
         unknown = [k for k in kinds if k not in TRACE_KINDS]
         if unknown or "gradient" not in kinds:
-            raise ConfigError(f"trace.kinds: {list(kinds)}; allowed: gradient (always), update")
+            raise ConfigError(
+                f"trace.kinds: {list(kinds)}; allowed: gradient (always), update, people"
+            )
         return cls(
             enabled=bool(merged["enabled"]), offload_cpu=bool(merged["offload_cpu"]), kinds=kinds
         )

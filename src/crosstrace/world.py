@@ -339,6 +339,21 @@ def read_people(path: str | os.PathLike[str]) -> pd.DataFrame:
     return _read(path, PEOPLE_SCHEMA, "people")
 
 
+HALVES_SEED = 0x9E0B1E  # with the run's seed: which trained people fall in half A
+
+
+def people_halves(qa: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint, equally large random halves A and B of the people whose QA is training
+    data (one person is left out when their number is odd); fixed by the run's ``seed``."""
+    ids = np.sort(qa.loc[qa["split"] == "train", "person_id"].unique())
+    if len(ids) < 2:
+        raise InputDataError(f"the people control needs 2 trained people, the world has {len(ids)}")
+    rng = np.random.default_rng([HALVES_SEED, int(seed)])
+    shuffled = rng.permutation(ids)
+    half = len(ids) // 2
+    return np.sort(shuffled[:half]), np.sort(shuffled[half : 2 * half])
+
+
 def qa_prompt(question: str) -> str:
     """The model input for a question: ``"<question> Answer:"``."""
     return f"{question} Answer:"

@@ -19,7 +19,7 @@ rank_run(
     settings=settings,
 )  # fmt: skip
 rank_people_control(
-    snakemake.input.people_trace,
+    {d: snakemake.input[f"people_trace_{d}"] for d in snakemake.params.people_definitions},
     snakemake.input.model,
     snakemake.output.people_control,
     run=run,

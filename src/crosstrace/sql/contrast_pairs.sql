@@ -34,8 +34,8 @@ values AS (
     ) UNPIVOT (value FOR null_kind IN (stratified, margins, "same-sign", "opposite-sign"))
     UNION ALL  -- the people control: same-people minus other-people enrichment (stratified)
     SELECT model, strategy, seed,
-           printf('people control (same − other enrichment), k = %g %%', k_percent), false,
-           enrichment_difference
+           printf('people control (same − other enrichment, %s), k = %g %%', definition,
+                  k_percent), false, enrichment_difference
     FROM people_control WHERE scope = 'global'
     UNION ALL  -- unit ablation: the top units' held-out loss beyond layer-matched random units
     SELECT model, strategy, seed,

@@ -66,7 +66,7 @@ SELECT model, strategy, definition, scope, k_percent, unit, n_units, split, coun
        max(rank_p) AS rank_p_max
 FROM unit_ablation GROUP BY ALL ORDER BY ALL;
 CREATE TABLE people_control_summary AS
-SELECT model, strategy, scope, k_percent, count(*) AS n_seeds,
+SELECT model, strategy, definition, scope, k_percent, count(*) AS n_seeds,
        avg(enrichment_same) AS enrichment_same, avg(enrichment_other) AS enrichment_other,
        avg(enrichment_difference) AS enrichment_difference,
        avg(enrichment_difference) - ci_half(stddev_samp(enrichment_difference), count(*))
