@@ -1,6 +1,7 @@
 """Step time of traced vs untraced training, measured side by side (interleaved rounds).
 
     python benchmarks/bench_trace_overhead.py          # tiny llama from config.yaml, CPU
+    python benchmarks/bench_trace_overhead.py --people # also the people kind (steps split by half)
     python benchmarks/bench_trace_overhead.py --shape llama-1b --device cuda --batch 16 --seq 512
 
 ``tiny`` uses the real mixed-training batches of the default world; ``llama-1b`` is a randomly
@@ -20,7 +21,16 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from crosstrace.batches import IGNORE, MicroBatch, StepPlan, training_examples
+from crosstrace.batches import (
+    ALL,
+    HALF_A,
+    IGNORE,
+    OTHERS,
+    MicroBatch,
+    StepPlan,
+    in_half_a,
+    training_examples,
+)
 from crosstrace.consistency import ConsistencyRecorder
 from crosstrace.devices import autocast_dtype, resolve_device
 from crosstrace.models import bos_id, build_base, load_model
@@ -30,7 +40,7 @@ from crosstrace.probes import build_probes
 from crosstrace.step import optimizer_step
 from crosstrace.trace import GradientTrace
 from crosstrace.training_config import TrainingConfig
-from crosstrace.world import read_bio, read_qa, synthesize_world
+from crosstrace.world import people_halves, read_bio, read_qa, synthesize_world
 
 LLAMA_1B = dict(
     vocab_size=128256,
@@ -63,6 +73,11 @@ def tiny_setup(device: torch.device, model_name: str):
         seed=0,
         qa_ratio=training.qa_ratio,
     )
+    halves = in_half_a(bio_df, qa_df, people_halves(qa_df, 0)[0])
+    sizes = {t: len(e) for t, e in ex.items()}
+    by_half = StepPlan("mix", sizes, batch_size=training.batch_size, epochs=1000, seed=0,
+                       qa_ratio=training.qa_ratio, in_half_a=halves)  # fmt: skip
+    model.crosstrace_by_half = lambda step: by_half.micro_batches(step, ex, tok.pad_token_id)
     probes = build_probes(bio_df, qa_df, tok, cfg["analysis"]["probe_people"], bos_id(model, tok))
     model.crosstrace_probes = (probes, tok.pad_token_id, cfg["analysis"]["consistency_every"])
     return model, training, lambda step: plan.micro_batches(step, ex, tok.pad_token_id)
@@ -100,6 +115,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10, help="steps per round and mode")
     ap.add_argument("--offload", action="store_true", help="also time trace.offload_cpu")
+    ap.add_argument("--people", action="store_true", help="also time trace.kinds with people")
     args = ap.parse_args()
     device = resolve_device(args.device)
     if args.shape == "tiny":
@@ -112,23 +128,29 @@ def main() -> None:
     modes = {"untraced": None, "traced": GradientTrace(model.named_parameters())}
     if args.offload:
         modes["traced_offload"] = GradientTrace(model.named_parameters(), offload_cpu=True)
+    step_batches, parts = {m: batches for m in modes}, {m: (ALL,) for m in modes}
+    if args.people:
+        if not hasattr(model, "crosstrace_by_half"):
+            raise SystemExit("--people needs --shape tiny (batches of the world's people)")
+        modes["traced_people"] = GradientTrace(model.named_parameters(),
+                                               kinds=("gradient", "people"))  # fmt: skip
+        step_batches["traced_people"] = model.crosstrace_by_half
+        parts["traced_people"] = (HALF_A, OTHERS)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {m: [] for m in modes}
     step = 0
-    for tracer in modes.values():  # warm-up
-        optimizer_step(
-            model, batches(step), optimizer, tracer, lr=training.lr, max_grad_norm=1.0, amp=amp
-        )
+    for mode, tracer in modes.items():  # warm-up
+        optimizer_step(model, step_batches[mode](step), optimizer, tracer, lr=training.lr,
+                       max_grad_norm=1.0, amp=amp, parts=parts[mode])  # fmt: skip
     for _ in range(args.rounds):
         for mode, tracer in modes.items():
             for _ in range(args.steps):
-                mbs = batches(step)
+                mbs = step_batches[mode](step)
                 step += 1
                 sync()
                 t0 = time.perf_counter()
-                optimizer_step(
-                    model, mbs, optimizer, tracer, lr=training.lr, max_grad_norm=1.0, amp=amp
-                )
+                optimizer_step(model, mbs, optimizer, tracer, lr=training.lr, max_grad_norm=1.0,
+                               amp=amp, parts=parts[mode])  # fmt: skip
                 sync()
                 times[mode].append(time.perf_counter() - t0)
     n_params = sum(p.numel() for p in model.parameters())

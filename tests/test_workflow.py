@@ -295,6 +295,25 @@ def test_seeds_overlay_triples_the_training(scratch):
     assert job_counts(cli.stdout) == three
 
 
+def test_people_kind_adds_the_trajectory_people_trace_to_train_and_rank(scratch, tmp_path):
+    """trace.kinds with people: the train rules write trace_people.safetensors, and the rank
+    rule reads it beside the endpoint people trace; the same jobs, no more."""
+    overlay = tmp_path / "people.yaml"
+    overlay.write_text("trace: {kinds: [gradient, update, people]}\n")
+    assert dry_run(scratch, str(overlay)) == dry_run(scratch)
+    proc = snakemake("-n", "--configfile", str(overlay), cwd=scratch)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    jobs = re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout)  # one block per job
+    train = [j for j in jobs if j.startswith(("rule train:", "localrule train:")) and "mix" in j]
+    rank = [j for j in jobs if j.startswith(("rule rank:", "localrule rank:")) and "mix" in j]
+    assert train and all(
+        "mix/seed0/trace_people.safetensors" in j.split("output:")[1] for j in train
+    )
+    assert rank and all("mix/seed0/trace_people.safetensors" in j.split("output:")[0] for j in rank)
+    plain = snakemake("-n", cwd=scratch)
+    assert "trace_people.safetensors" not in plain.stdout
+
+
 def test_paper_configs_headline_single_and_multi5_permute_overlay():
     paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())["world"]
     assert (paper["bios_per_person"], paper["permute"], paper["fullname"]) == (1, False, False)
