@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from crosstrace.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from crosstrace.errors import EXIT_PREEMPTED
 from crosstrace.models import build_base
-from crosstrace.tracefile import load_trace
+from crosstrace.tracefile import kind_path, load_trace
 from crosstrace.world import synthesize_world
 
 CONFIG = {
@@ -60,7 +60,8 @@ CONFIG = {
         "mix_epochs": 15,
         "checkpoint_every": 5,
     },
-    "trace": {"enabled": True},
+    # every trace kind, so each kind's accumulators (and the per-task first moments) resume
+    "trace": {"enabled": True, "kinds": ["gradient", "update", "people"]},
 }
 
 
@@ -120,13 +121,14 @@ def _assert_identical(run: Path, ref: Path) -> None:
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), f"weights differ: {key}"
-    got_t, want_t = load_trace(run / "trace.safetensors"), load_trace(ref / "trace.safetensors")
-    assert got_t.keys() == want_t.keys()
-    for task in want_t:
-        for name in want_t[task]:
-            assert torch.equal(got_t[task][name], want_t[task][name]), (
-                f"trace differs: {task}/{name}"
-            )
+    for kind in ("gradient", "update", "people"):
+        got_t, want_t = (load_trace(kind_path(r / "trace.safetensors", kind)) for r in (run, ref))
+        assert got_t.keys() == want_t.keys()
+        for task in want_t:
+            for name in want_t[task]:
+                assert torch.equal(got_t[task][name], want_t[task][name]), (
+                    f"{kind} trace differs: {task}/{name}"
+                )
     cols = ["phase", "step", "epoch", "lr", "loss_bio", "loss_qa", "tokens"]
     pd.testing.assert_frame_equal(
         pd.read_parquet(run / "log.parquet")[cols], pd.read_parquet(ref / "log.parquet")[cols]
