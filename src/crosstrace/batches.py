@@ -257,7 +257,7 @@ class MicroBatch:
     weight: float = 1.0
     # which people the examples are of, where the step is split by people halves
     # (HALF_A or OTHERS; trace.kinds with people), else ALL
-    part: str = "all"
+    part: str = ALL
 
     @property
     def n_sequences(self) -> int:
