@@ -265,7 +265,8 @@ def kind_trace_outputs():
 
 def people_definitions():
     """The definitions the different-people control is ranked for: endpoint always (the
-    endpoint_trace rule's gradients at θT), trajectory where trace.kinds keeps the halves."""
+    endpoint_trace rule's gradients at θT), trajectory where trace.kinds keeps the halves.
+    """
     if "people" in config["trace"]["kinds"]:
         return ["endpoint", "trajectory"]
     return ["endpoint"]
