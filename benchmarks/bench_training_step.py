@@ -10,11 +10,14 @@ trace on) it prints, measured in one process:
 - the GFLOP/s of the step's main matrix shapes multiplied alone, in fp32 (and in bf16 where
   the CPU multiplies bf16 natively); achieved / alone is the roofline ratio: how close the step
   runs to the speed of its own matrix products;
-- 1 thread against 2 threads per step.
+- 1 thread against 2 threads per step, each in fp32 and, where the CPU multiplies bf16
+  natively (AMX or AVX512-BF16), under bf16 autocast (``training.precision: bf16``),
+  interleaved in the same rounds; bf16 / fp32 is the speed-up of the precision.
 
 Then the machine's training throughput in the two ways of using 2 cores, side by side in
 interleaved rounds: one training process with 2 threads, and two processes with 1 thread each
-(the workflow runs its jobs with 1 thread each, so two run at once): total real tokens/s.
+(the workflow runs its jobs with 1 thread each, so two run at once): total real tokens/s, in the
+precision ``--precision`` resolves to (``auto``: as the workflow chooses).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from crosstrace.batches import StepPlan, training_examples
-from crosstrace.devices import native_bf16
+from crosstrace.devices import autocast_dtype, native_bf16
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.optim import build_optimizer
 from crosstrace.step import optimizer_step
@@ -77,13 +80,13 @@ class Setup:
         return StepPlan(phase, sizes, batch_size=self.training.batch_size, epochs=1000, seed=0,
                         qa_ratio=self.training.qa_ratio)  # fmt: skip
 
-    def step(self, plan: StepPlan) -> int:
-        """One optimizer step; returns its real tokens."""
+    def step(self, plan: StepPlan, amp: torch.dtype | None = None) -> int:
+        """One optimizer step (``amp``: the autocast dtype); returns its real tokens."""
         mbs = plan.micro_batches(self.step_index, self.examples, self.tok.pad_token_id)
         tokens = plan.supervised_tokens(self.step_index, self.examples)
         self.step_index += 1
         optimizer_step(self.model, mbs, self.optimizer, self.tracer, lr=self.training.lr,
-                       max_grad_norm=1.0, amp=None, qa_loss_weight=self.training.qa_loss_weight,
+                       max_grad_norm=1.0, amp=amp, qa_loss_weight=self.training.qa_loss_weight,
                        tokens=tokens)  # fmt: skip
         return sum(int(mb.attention_mask.sum()) for mb in mbs)
 
@@ -114,11 +117,17 @@ def gemm_rate(shape: tuple[int, int, int], dtype: torch.dtype, repeats: int = 30
     return 2.0 * m * k * n * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def timed_steps(setup: Setup, plan: StepPlan, steps: int) -> tuple[float, int]:
+def timed_steps(
+    setup: Setup, plan: StepPlan, steps: int, amp: torch.dtype | None = None
+) -> tuple[float, int]:
     t0, tokens = time.perf_counter(), 0
     for _ in range(steps):
-        tokens += setup.step(plan)
+        tokens += setup.step(plan, amp)
     return time.perf_counter() - t0, tokens
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    return "fp32" if amp is None else "bf16"
 
 
 def profile_steps(args: argparse.Namespace, workdir: Path) -> None:
@@ -129,38 +138,50 @@ def profile_steps(args: argparse.Namespace, workdir: Path) -> None:
         f"capability={torch.backends.cpu.get_cpu_capability()} native_bf16="
         f"{native_bf16(torch.device('cpu'))} batch={setup.training.batch_size}"
     )
+    amps: list[torch.dtype | None] = [None]
+    if native_bf16(torch.device("cpu")):
+        amps.append(torch.bfloat16)
     for phase in ("mix", "bio"):
         plan = setup.plan(phase)
-        for _ in range(2):  # warm-up
-            setup.step(plan)
+        for amp in amps:  # warm-up
+            setup.step(plan, amp)
+            setup.step(plan, amp)
         flops, shapes = step_flops(setup, plan)
-        per_thread: dict[int, list[float]] = {1: [], 2: []}
-        tokens: dict[int, int] = {1: 0, 2: 0}
+        modes = [(threads, amp) for threads in (1, 2) for amp in amps]
+        per_mode: dict[tuple, list[float]] = {mode: [] for mode in modes}
+        tokens: dict[tuple, int] = {mode: 0 for mode in modes}
         for _ in range(args.rounds):
-            for threads in (1, 2):
+            for threads, amp in modes:
                 torch.set_num_threads(threads)
-                seconds, n = timed_steps(setup, plan, args.steps)
-                per_thread[threads].append(seconds / args.steps)
-                tokens[threads] += n
+                seconds, n = timed_steps(setup, plan, args.steps, amp)
+                per_mode[threads, amp].append(seconds / args.steps)
+                tokens[threads, amp] += n
         print(f"\n{phase} step: {flops / 1e9:.2f} GFLOP")
-        for threads, times in per_thread.items():
+        for (threads, amp), times in per_mode.items():
             ms = statistics.median(times)
-            rate = tokens[threads] / (sum(times) * args.steps)
-            print(f"  {threads} thread(s): {ms * 1000:7.1f} ms/step  {rate:8.0f} tokens/s  "
-                  f"{flops / ms / 1e9:6.1f} GFLOP/s achieved")  # fmt: skip
+            rate = tokens[threads, amp] / (sum(times) * args.steps)
+            print(f"  {threads} thread(s) {precision_name(amp)}: {ms * 1000:7.1f} ms/step  "
+                  f"{rate:8.0f} tokens/s  {flops / ms / 1e9:6.1f} GFLOP/s achieved")  # fmt: skip
+        for threads in (1, 2):
+            if len(amps) > 1:
+                ratio = statistics.median(per_mode[threads, None]) / statistics.median(
+                    per_mode[threads, torch.bfloat16]
+                )
+                print(f"  bf16 / fp32 speed-up, {threads} thread(s): {ratio:.2f}x")
         torch.set_num_threads(1)
         top = shapes[:4]
-        dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16(torch.device("cpu")) else [])
+        dtypes = [torch.float32] + ([torch.bfloat16] if len(amps) > 1 else [])
         alone = {d: [gemm_rate(s, d) for s, _ in top] for d in dtypes}
         for i, (s, share) in enumerate(top):
             rates = "  ".join(f"{str(d)[6:]} {alone[d][i]:6.1f}" for d in dtypes)
             print(f"  mm {s}: {share * 100:4.1f} % of the matmul FLOPs; alone, 1 thread: {rates}"
                   " GFLOP/s")  # fmt: skip
         weights = [share for _, share in top]
-        fp32 = sum(w * r for w, r in zip(weights, alone[torch.float32], strict=True)) / sum(weights)
-        achieved = flops / statistics.median(per_thread[1]) / 1e9
-        print(f"  roofline (1 thread): achieved {achieved:.1f} / main shapes alone {fp32:.1f} "
-              f"GFLOP/s = {achieved / fp32:.2f}")  # fmt: skip
+        for amp, dtype in zip(amps, dtypes, strict=True):
+            bound = sum(w * r for w, r in zip(weights, alone[dtype], strict=True)) / sum(weights)
+            achieved = flops / statistics.median(per_mode[1, amp]) / 1e9
+            print(f"  roofline (1 thread, {precision_name(amp)}): achieved {achieved:.1f} / main "
+                  f"shapes alone {bound:.1f} GFLOP/s = {achieved / bound:.2f}")  # fmt: skip
 
 
 def worker(args: argparse.Namespace, workdir: Path) -> None:
@@ -168,8 +189,9 @@ def worker(args: argparse.Namespace, workdir: Path) -> None:
     torch.set_num_threads(args.threads)
     setup = Setup(args.model, workdir)
     plan = setup.plan("mix")
-    timed_steps(setup, plan, 2)
-    seconds, tokens = timed_steps(setup, plan, args.steps)
+    amp = autocast_dtype(torch.device("cpu"), args.precision)
+    timed_steps(setup, plan, 2, amp)
+    seconds, tokens = timed_steps(setup, plan, args.steps, amp)
     print(json.dumps({"tokens_per_s": tokens / seconds}))
 
 
@@ -179,7 +201,8 @@ def layouts(args: argparse.Namespace, workdir: Path) -> None:
 
     def start(threads: int) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--model",
-               args.model, "--steps", str(args.steps), "--workdir", str(workdir)]  # fmt: skip
+               args.model, "--steps", str(args.steps), "--workdir", str(workdir),
+               "--precision", args.precision]  # fmt: skip
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
 
     def rate(procs: list[subprocess.Popen]) -> float:
@@ -190,7 +213,9 @@ def layouts(args: argparse.Namespace, workdir: Path) -> None:
     for _ in range(args.rounds):
         results["1 process x 2 threads"].append(rate([start(2)]))
         results["2 processes x 1 thread"].append(rate([start(1), start(1)]))
-    print("\nmachine throughput, mixed steps (median of rounds, total real tokens/s):")
+    amp = autocast_dtype(torch.device("cpu"), args.precision)
+    print(f"\nmachine throughput, mixed steps, {precision_name(amp)} (median of rounds, total "
+          "real tokens/s):")  # fmt: skip
     base = statistics.median(results["1 process x 2 threads"])
     for name, values in results.items():
         med = statistics.median(values)
@@ -204,6 +229,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="steps per round and mode")
     ap.add_argument("--workdir", type=Path, default=None, help="world and θ0 (default: temp)")
     ap.add_argument("--skip-layouts", action="store_true")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="precision of the layout comparison (auto: as the workflow chooses)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Training throughput of the default mixed step: full logits (the loss before issue 9) vs the
+"""Training throughput of the default mixed step: full logits (the loss as first written) vs the
 lm_head at supervised positions only, measured side by side (interleaved rounds).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_training_throughput.py --threads 1 [--model neox_tiny]

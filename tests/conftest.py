@@ -13,9 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# precision: auto means fp32 on every CPU here, also in the runs the tests start as processes, so
-# the tests' float tolerances hold on CPUs with native bf16 too (bf16 is tested explicitly).
-os.environ["CROSSTRACE_CPU_BF16"] = "0"
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each
     import torch
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from crosstrace.choices import PRECISIONS
@@ -32,17 +30,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-CPU_BF16_ENV = "CROSSTRACE_CPU_BF16"  # "0": treat every CPU as having no native bf16
-
-
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware: CUDA with bf16 support, or a
-    CPU with AMX tiles or AVX512-BF16 (on other CPUs bf16 is emulated, and slower than fp32).
-    ``CROSSTRACE_CPU_BF16=0`` makes ``precision: auto`` choose fp32 on every CPU (the test
-    suite sets it, so that its fp32 tolerances hold on any CPU)."""
+    CPU with AMX tiles or AVX512-BF16 (on other CPUs bf16 is emulated)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu" and os.environ.get(CPU_BF16_ENV) != "0":
+    if device.type == "cpu":
         cpu = getattr(torch, "cpu", None)
         checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
@@ -50,12 +43,15 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
-    """``training.precision`` on ``device``: ``auto`` is bf16 where the hardware multiplies
-    bf16 natively and fp32 elsewhere; ``fp32`` and ``bf16`` are taken as they are."""
+    """``training.precision`` on ``device``: ``auto`` is bf16 on a GPU that multiplies bf16
+    natively and fp32 everywhere else, CPUs with AMX included: there bf16 autocast made the
+    tiny models' training steps slower, not faster, because their matrices are too small for
+    the faster products to pay for the casts (docs/performance.md). ``fp32`` and ``bf16`` are
+    taken as they are."""
     if precision not in PRECISIONS:
         raise ConfigError(f"training.precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
     return precision
 
 
