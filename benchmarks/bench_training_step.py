@@ -162,15 +162,14 @@ def profile_steps(args: argparse.Namespace, workdir: Path) -> None:
             rate = tokens[threads, amp] / (sum(times) * args.steps)
             print(f"  {threads} thread(s) {precision_name(amp)}: {ms * 1000:7.1f} ms/step  "
                   f"{rate:8.0f} tokens/s  {flops / ms / 1e9:6.1f} GFLOP/s achieved")  # fmt: skip
-        for threads in (1, 2):
-            if len(amps) > 1:
-                ratio = statistics.median(per_mode[threads, None]) / statistics.median(
-                    per_mode[threads, torch.bfloat16]
-                )
-                print(f"  bf16 / fp32 speed-up, {threads} thread(s): {ratio:.2f}x")
+        for threads in (1, 2) if torch.bfloat16 in amps else ():
+            ratio = statistics.median(per_mode[threads, None]) / statistics.median(
+                per_mode[threads, torch.bfloat16]
+            )
+            print(f"  bf16 / fp32 speed-up, {threads} thread(s): {ratio:.2f}x")
         torch.set_num_threads(1)
         top = shapes[:4]
-        dtypes = [torch.float32] + ([torch.bfloat16] if len(amps) > 1 else [])
+        dtypes = [torch.float32 if amp is None else amp for amp in amps]
         alone = {d: [gemm_rate(s, d) for s, _ in top] for d in dtypes}
         for i, (s, share) in enumerate(top):
             rates = "  ".join(f"{str(d)[6:]} {alone[d][i]:6.1f}" for d in dtypes)
