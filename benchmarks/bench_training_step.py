@@ -14,6 +14,11 @@ trace on) it prints, measured in one process:
   natively (AMX or AVX512-BF16), under bf16 autocast (``training.precision: bf16``),
   interleaved in the same rounds; bf16 / fp32 is the speed-up of the precision.
 
+With ``--compile``, the same steps eager against ``torch.compile`` of the base model (lengths
+padded to a multiple of ``--bucket`` so that it compiles once per length, ``dynamic=False``),
+interleaved, in each precision timed: ms per step, the compile time paid by the first steps,
+and the steps after which the compile pays for itself.
+
 Then the machine's training throughput in the two ways of using 2 cores, side by side in
 interleaved rounds: one training process with 2 threads, and two processes with 1 thread each
 (the workflow runs its jobs with 1 thread each, so two run at once): total real tokens/s, in the
@@ -34,10 +39,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from crosstrace.batches import StepPlan, training_examples
+from crosstrace.batches import IGNORE, StepPlan, training_examples
 from crosstrace.devices import autocast_dtype, native_bf16
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.optim import build_optimizer
@@ -80,14 +86,15 @@ class Setup:
         return StepPlan(phase, sizes, batch_size=self.training.batch_size, epochs=1000, seed=0,
                         qa_ratio=self.training.qa_ratio)  # fmt: skip
 
-    def step(self, plan: StepPlan, amp: torch.dtype | None = None) -> int:
-        """One optimizer step (``amp``: the autocast dtype); returns its real tokens."""
+    def step(self, plan: StepPlan, amp: torch.dtype | None = None, loss_fn=None) -> int:
+        """One optimizer step (``amp``: the autocast dtype; ``loss_fn``: the step's loss, by
+        default the training's); returns its real tokens."""
         mbs = plan.micro_batches(self.step_index, self.examples, self.tok.pad_token_id)
         tokens = plan.supervised_tokens(self.step_index, self.examples)
         self.step_index += 1
         optimizer_step(self.model, mbs, self.optimizer, self.tracer, lr=self.training.lr,
                        max_grad_norm=1.0, amp=amp, qa_loss_weight=self.training.qa_loss_weight,
-                       tokens=tokens)  # fmt: skip
+                       tokens=tokens, loss_fn=loss_fn)  # fmt: skip
         return sum(int(mb.attention_mask.sum()) for mb in mbs)
 
 
@@ -118,12 +125,57 @@ def gemm_rate(shape: tuple[int, int, int], dtype: torch.dtype, repeats: int = 30
 
 
 def timed_steps(
-    setup: Setup, plan: StepPlan, steps: int, amp: torch.dtype | None = None
+    setup: Setup, plan: StepPlan, steps: int, amp: torch.dtype | None = None, loss_fn=None
 ) -> tuple[float, int]:
     t0, tokens = time.perf_counter(), 0
     for _ in range(steps):
-        tokens += setup.step(plan, amp)
+        tokens += setup.step(plan, amp, loss_fn)
     return time.perf_counter() - t0, tokens
+
+
+def compiled_loss(setup: Setup, amp: torch.dtype | None, bucket: int):
+    """The training loss with ``torch.compile`` of the base model, the lengths padded with pad
+    tokens (unsupervised) to a multiple of ``bucket``: the same loss as the training's."""
+    base = torch.compile(setup.model.base_model, dynamic=False)
+    head, pad_id = setup.model.get_output_embeddings(), setup.tok.pad_token_id
+
+    def loss(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        extra = -ids.shape[1] % bucket
+        ids, labels = F.pad(ids, (0, extra), value=pad_id), F.pad(labels, (0, extra), value=IGNORE)
+        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        keep = shifted != IGNORE
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            logits = head(base(input_ids=ids)[0][keep])
+        return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
+
+    return loss
+
+
+def compare_compile(args: argparse.Namespace, workdir: Path, amps: list) -> None:
+    """Eager against compiled steps, one thread, interleaved rounds, per phase and precision."""
+    torch.set_num_threads(1)
+    print(f"\ntorch.compile of the base model, lengths padded to a multiple of {args.bucket}, "
+          "1 thread:")  # fmt: skip
+    for amp in amps:
+        eager, comp = Setup(args.model, workdir), Setup(args.model, workdir)
+        loss = compiled_loss(comp, amp, args.bucket)
+        for phase in ("mix", "bio"):
+            plan_e, plan_c = eager.plan(phase), comp.plan(phase)
+            t0 = time.perf_counter()
+            timed_steps(comp, plan_c, args.compile_warmup, amp, loss)
+            warmup = time.perf_counter() - t0
+            timed_steps(eager, plan_e, 2, amp)
+            times: dict[str, list[float]] = {"eager": [], "compiled": []}
+            for _ in range(args.rounds):
+                times["eager"].append(timed_steps(eager, plan_e, args.steps, amp)[0])
+                times["compiled"].append(timed_steps(comp, plan_c, args.steps, amp, loss)[0])
+            ms_e, ms_c = (statistics.median(times[k]) / args.steps * 1000 for k in times)
+            paid = warmup - args.compile_warmup * ms_c / 1000
+            even = f"{paid / (ms_e - ms_c) * 1000:.0f}" if ms_e > ms_c else "never"
+            print(f"  {phase} {precision_name(amp)}: eager {ms_e:7.1f} ms/step, compiled "
+                  f"{ms_c:7.1f} ms/step ({ms_e / ms_c:.2f}x); compiling took {paid:.0f} s "
+                  f"over the first {args.compile_warmup} steps, paid back after {even} "
+                  "steps")  # fmt: skip
 
 
 def precision_name(amp: torch.dtype | None) -> str:
@@ -228,6 +280,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="steps per round and mode")
     ap.add_argument("--workdir", type=Path, default=None, help="world and θ0 (default: temp)")
     ap.add_argument("--skip-layouts", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also eager vs torch.compile")
+    ap.add_argument("--bucket", type=int, default=8, help="--compile: pad lengths to a multiple")
+    ap.add_argument("--compile-warmup", type=int, default=30, help="--compile: steps to compile")
     ap.add_argument(
         "--precision",
         default="auto",
@@ -243,6 +298,9 @@ def main() -> None:
         worker(args, workdir)
         return
     profile_steps(args, workdir)
+    if args.compile:
+        amps = [None, torch.bfloat16] if native_bf16(torch.device("cpu")) else [None]
+        compare_compile(args, workdir, amps)
     if not args.skip_layouts:
         layouts(args, workdir)
 

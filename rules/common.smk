@@ -106,7 +106,11 @@ def consistency_params():
 def curve_params():
     """Memorisation and recall during training (crosstrace.curve)."""
     a = config["analysis"]
-    return {"points": a["curve_points"], "people": a["curve_people"]}
+    return {
+        "points": a["curve_points"],
+        "people": a["curve_people"],
+        "batch_size": config["evaluation"]["batch_size"],
+    }
 
 
 def train_init_curve(wildcards):

@@ -180,11 +180,12 @@ def test_teacher_forced_exact_match_equals_greedy(trained):
     model, tokenizer = load_model(trained / "final")
     qa = read_qa(trained / "data" / "qa.parquet")
     greedy = predict(model, tokenizer, qa, batch_size=64, max_new_tokens=12)["exact_match"]
-    forced = qa_exact_match(
-        model, qa_examples(qa, tokenizer, bos_id(model, tokenizer)), batch_size=50
-    )
+    examples = qa_examples(qa, tokenizer, bos_id(model, tokenizer))
+    forced = qa_exact_match(model, examples, batch_size=50)
     assert forced.tolist() == greedy.tolist()
     assert 0 < forced.sum() < len(forced)  # a non-trivial comparison
+    # the pass size changes only the padding: one pass over everything decides the same
+    assert qa_exact_match(model, examples, batch_size=len(qa)).tolist() == forced.tolist()
 
 
 def test_ablate_run_table(trained):
@@ -195,7 +196,7 @@ def test_ablate_run_table(trained):
     df = ablate_run(trained / "final", trained / "base",
                     {"trajectory": trained / "trace.safetensors"}, outs["ranking"],
                     trained / "data" / "qa.parquet", trained / "ablation.parquet", run=run,
-                    settings=SETTINGS, draws=2, questions_per_split=30,
+                    settings=SETTINGS, draws=2, questions_per_split=30, batch_size=16,
                     device="cpu")  # fmt: skip
     back = pd.read_parquet(trained / "ablation.parquet")
     assert set(back["n"]) == {30}  # 5 per attribute and split
@@ -229,8 +230,8 @@ def test_removal_counterfactuals_take_one_task_off_the_shared_set_and_first_draw
     df = ablate_run(trained / "final", trained / "base",
                     {"trajectory": trained / "trace.safetensors"}, outs["ranking"],
                     trained / "data" / "qa.parquet", trained / "cf_ablation.parquet", run=run,
-                    settings=SETTINGS, draws=2, questions_per_split=30, device="cpu",
-                    update_trace=update)  # fmt: skip
+                    settings=SETTINGS, draws=2, questions_per_split=30, batch_size=16,
+                    device="cpu", update_trace=update)  # fmt: skip
     removed = df[df.counterfactual.str.startswith("remove_")]
     assert set(removed.counterfactual) == {"remove_bio", "remove_qa"}
     assert set(removed.scope) == {"global"} and set(removed.draw) == {0}
@@ -250,9 +251,9 @@ def test_ablate_run_writes_the_unit_table(trained):
              settings=SETTINGS)  # fmt: skip
     ablate_run(trained / "final", trained / "base", {"trajectory": trained / "trace.safetensors"},
                outs["ranking"], trained / "data" / "qa.parquet", trained / "u_ablation.parquet",
-               run=run, settings=SETTINGS, draws=2, questions_per_split=30, device="cpu",
-               units_out=trained / "units.parquet", unit_counts={"head": [1, 2], "neuron": [8]},
-               unit_k=5.0)  # fmt: skip
+               run=run, settings=SETTINGS, draws=2, questions_per_split=30, batch_size=16,
+               device="cpu", units_out=trained / "units.parquet",
+               unit_counts={"head": [1, 2], "neuron": [8]}, unit_k=5.0)  # fmt: skip
     units = pd.read_parquet(trained / "units.parquet")
     assert set(units.k_percent) == {5.0} and set(units.scope) == {"global"}
     # (heads at 1 and 2, neurons at 8) × (top + 2 draws) × 2 splits

@@ -149,7 +149,7 @@ def ablate_run(
     draws: int = 5,
     ablation_seed: int = 0,
     questions_per_split: int | None = None,
-    batch_size: int = 1024,
+    batch_size: int,
     device: str = "auto",
     update_trace: str | os.PathLike[str] | None = None,
     units_out: str | os.PathLike[str] | None = None,
