@@ -135,31 +135,36 @@ def timed_steps(
 
 def compiled_loss(setup: Setup, amp: torch.dtype | None, bucket: int):
     """The training loss with ``torch.compile`` of the base model, the lengths padded with pad
-    tokens (unsupervised) to a multiple of ``bucket``: the same loss as the training's."""
+    tokens (unsupervised) to a multiple of ``bucket``: the same loss as the training's. Also
+    returns the set of padded shapes seen (one compilation each)."""
     base = torch.compile(setup.model.base_model, dynamic=False)
     head, pad_id = setup.model.get_output_embeddings(), setup.tok.pad_token_id
+    shapes: set[tuple[int, int]] = set()
 
     def loss(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         extra = -ids.shape[1] % bucket
         ids, labels = F.pad(ids, (0, extra), value=pad_id), F.pad(labels, (0, extra), value=IGNORE)
+        shapes.add(tuple(ids.shape))
         shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
         keep = shifted != IGNORE
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             logits = head(base(input_ids=ids)[0][keep])
         return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
 
-    return loss
+    return loss, shapes
 
 
 def compare_compile(args: argparse.Namespace, workdir: Path, amps: list) -> None:
-    """Eager against compiled steps, one thread, interleaved rounds, per phase and precision."""
+    """Eager against compiled steps, one thread, interleaved rounds, per phase and precision;
+    each phase compiles afresh, as a training job would (one phase per job)."""
     torch.set_num_threads(1)
+    torch._dynamo.config.recompile_limit = 64  # one compilation per padded shape, none eager
     print(f"\ntorch.compile of the base model, lengths padded to a multiple of {args.bucket}, "
           "1 thread:")  # fmt: skip
     for amp in amps:
-        eager, comp = Setup(args.model, workdir), Setup(args.model, workdir)
-        loss = compiled_loss(comp, amp, args.bucket)
         for phase in ("mix", "bio"):
+            eager, comp = Setup(args.model, workdir), Setup(args.model, workdir)
+            loss, shapes = compiled_loss(comp, amp, args.bucket)
             plan_e, plan_c = eager.plan(phase), comp.plan(phase)
             t0 = time.perf_counter()
             timed_steps(comp, plan_c, args.compile_warmup, amp, loss)
@@ -173,9 +178,9 @@ def compare_compile(args: argparse.Namespace, workdir: Path, amps: list) -> None
             paid = warmup - args.compile_warmup * ms_c / 1000
             even = f"{paid / (ms_e - ms_c) * 1000:.0f}" if ms_e > ms_c else "never"
             print(f"  {phase} {precision_name(amp)}: eager {ms_e:7.1f} ms/step, compiled "
-                  f"{ms_c:7.1f} ms/step ({ms_e / ms_c:.2f}x); compiling took {paid:.0f} s "
-                  f"over the first {args.compile_warmup} steps, paid back after {even} "
-                  "steps")  # fmt: skip
+                  f"{ms_c:7.1f} ms/step ({ms_e / ms_c:.2f}x); compiling {len(shapes)} shapes "
+                  f"took {paid:.0f} s over the first {args.compile_warmup} steps, paid back "
+                  f"after {even} steps")  # fmt: skip
 
 
 def precision_name(amp: torch.dtype | None) -> str:
