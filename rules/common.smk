@@ -106,11 +106,7 @@ def consistency_params():
 def curve_params():
     """Memorisation and recall during training (crosstrace.curve)."""
     a = config["analysis"]
-    return {
-        "points": a["curve_points"],
-        "people": a["curve_people"],
-        "batch_size": config["evaluation"]["batch_size"],
-    }
+    return {"points": a["curve_points"], "people": a["curve_people"]}
 
 
 def train_init_curve(wildcards):

@@ -46,14 +46,13 @@ class TrainingCurve:
     """Evaluates the model of one phase at :func:`record_steps`; rows in :attr:`rows`."""
 
     def __init__(self, tokenizer, bio: pd.DataFrame, qa: pd.DataFrame, bos: int | None, *,
-                 people: int, points: int, total_steps: int, phase: str,
-                 batch_size: int) -> None:  # fmt: skip
+                 people: int, points: int, total_steps: int, phase: str) -> None:  # fmt: skip
         chosen = curve_people(qa, people)
         self.qa = qa[qa["person_id"].isin(chosen)].reset_index(drop=True)
         self.bio = bio[bio["person_id"].isin(chosen)].reset_index(drop=True)
         self.examples = qa_examples(self.qa, tokenizer, bos)
         self.splits = self.qa["split"].map(SPLITS).to_numpy()
-        self.tokenizer, self.phase, self.batch_size = tokenizer, phase, batch_size
+        self.tokenizer, self.phase = tokenizer, phase
         self.at = record_steps(total_steps, points)
         self.rows: list[tuple] = []
 
@@ -62,7 +61,7 @@ class TrainingCurve:
 
     @torch.no_grad()
     def record(self, model: torch.nn.Module, step: int) -> None:
-        hit = qa_exact_match(model, self.examples, batch_size=self.batch_size)
+        hit = qa_exact_match(model, self.examples)
         for split in SPLITS.values():
             sel = self.splits == split
             self.rows.append((self.phase, step, split, int(sel.sum()), float(hit[sel].mean())))

@@ -76,7 +76,7 @@ class TrainJob:
     consistency: dict[str, int | bool] | None = None  # {"every", "probe_people", "bio_values"}
     consistency_out: str | None = None
     init_consistency: str | None = None  # rows to continue (the BIO stage's)
-    curve: dict[str, int] | None = None  # {"points": per phase, "people": per split, "batch_size"}
+    curve: dict[str, int] | None = None  # {"points": per phase, "people": per split}
     curve_out: str | None = None
     init_curve: str | None = None  # rows to continue (the BIO stage's)
 
@@ -394,7 +394,7 @@ def _curve_hook(job, rank, layout, model, copy, total_steps, data_parts) -> Curv
         tokenizer, bio_df, qa_df, bos = data_parts
         curve = TrainingCurve(tokenizer, bio_df, qa_df, bos, people=int(job.curve["people"]),
                               points=int(job.curve["points"]), total_steps=total_steps,
-                              phase=job.phase, batch_size=int(job.curve["batch_size"]))  # fmt: skip
+                              phase=job.phase)  # fmt: skip
     return CurveHook(curve, steps, layout, model, copy)
 
 
