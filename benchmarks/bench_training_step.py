@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from crosstrace.batches import IGNORE, StepPlan, training_examples
 from crosstrace.devices import autocast_dtype, native_bf16
+from crosstrace.loss import supervised_loss_sum
 from crosstrace.models import bos_id, build_base, load_model
 from crosstrace.optim import build_optimizer
 from crosstrace.step import optimizer_step
@@ -134,22 +136,21 @@ def timed_steps(
 
 
 def compiled_loss(setup: Setup, amp: torch.dtype | None, bucket: int):
-    """The training loss with ``torch.compile`` of the base model, the lengths padded with pad
-    tokens (unsupervised) to a multiple of ``bucket``: the same loss as the training's. Also
-    returns the set of padded shapes seen (one compilation each)."""
-    base = torch.compile(setup.model.base_model, dynamic=False)
-    head, pad_id = setup.model.get_output_embeddings(), setup.tok.pad_token_id
+    """The training loss (:func:`supervised_loss_sum`) over ``torch.compile`` of the base model,
+    the lengths padded with pad tokens (unsupervised) to a multiple of ``bucket``. Also returns
+    the set of padded shapes seen (one compilation each)."""
+    compiled = SimpleNamespace(
+        base_model=torch.compile(setup.model.base_model, dynamic=False),
+        get_output_embeddings=setup.model.get_output_embeddings,
+    )
+    pad_id = setup.tok.pad_token_id
     shapes: set[tuple[int, int]] = set()
 
     def loss(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         extra = -ids.shape[1] % bucket
         ids, labels = F.pad(ids, (0, extra), value=pad_id), F.pad(labels, (0, extra), value=IGNORE)
         shapes.add(tuple(ids.shape))
-        shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
-        keep = shifted != IGNORE
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            logits = head(base(input_ids=ids)[0][keep])
-        return F.cross_entropy(logits.float(), shifted[keep], reduction="sum")
+        return supervised_loss_sum(compiled, ids, None, labels, amp)
 
     return loss, shapes
 
